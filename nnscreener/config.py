@@ -1,0 +1,308 @@
+"""One typed place for every Screener setting.
+
+Presets (:func:`default_config`, :func:`cpu_config`) are frozen nested dataclasses. The merge order is
+preset < the plans' ``"nnscreener"`` block < command-line overrides (``--set section.field=value``).
+The resolved config is stored in the plans, in every checkpoint and as ``config.json`` beside it.
+
+Axis order: every geometric field says its order in its name. ``*_xyz`` fields are (x, y, z), the order
+users and the paper speak; nnU-Net arrays are (c, z, y, x), so use the ``*_zyx`` properties when indexing
+arrays. Units are in the comments (mm, voxels, HU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Dict, Literal, Mapping, Tuple
+
+from nnscreener.errors import ScreenerError
+
+XYZ = Tuple[float, float, float]
+IntXYZ = Tuple[int, int, int]
+
+OBJECTIVES = ("vicreg", "infonce")
+CONDITIONS = ("masking", "sincos", "none")
+DENSITIES = ("flow", "gaussian")
+BLENDINGS = ("uniform", "gaussian")
+
+
+def _zyx(v: Tuple) -> Tuple:
+    return (v[2], v[1], v[0])
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """Screener preprocessing (paper App. D; implementation notes section 1)."""
+
+    spacing_xyz: XYZ = (1.5, 1.5, 2.25)  # mm, target voxel spacing (x, y, z)
+    body_threshold_hu: float = -500.0  # HU; "dense foreground" threshold for the crop and the body mask
+    body_block_mm: float = 5.0  # mm; min-pooling block edge for the dense-foreground crop
+    clip_hu: Tuple[float, float] = (-1000.0, 300.0)  # HU window, rescaled to [0, 1]
+    use_clahe: bool = True
+    clahe_clip_limit: float = 0.05  # skimage's clip_limit (fraction of voxels per tile)
+    clahe_nbins: int = 256
+
+    @property
+    def spacing_zyx(self) -> XYZ:
+        return _zyx(self.spacing_xyz)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """UNet backbone (dynamic-network-architectures PlainConvUNet) and the dense head."""
+
+    patch_size_xyz: IntXYZ = (96, 96, 64)  # voxels (x, y, z) at the target spacing
+    features_per_stage: Tuple[int, ...] = (32, 64, 128, 256, 320)
+    strides_zyx: Tuple[IntXYZ, ...] = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))  # (z, y, x) per stage
+    n_conv_per_stage: int = 2
+    embedding_dim: int = 32  # d: channels of the descriptor / condition maps
+
+    @property
+    def patch_size_zyx(self) -> IntXYZ:
+        return _zyx(self.patch_size_xyz)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Per-view colour augmentations (implementation notes 2.2), applied to [0, 1] intensities."""
+
+    p_blur_or_sharpen: float = 0.8
+    blur_sigma_mm: Tuple[float, float] = (0.0, 1.5)  # mm, in-plane Gaussian sigma range
+    sharpen_alpha: Tuple[float, float] = (0.0, 2.0)
+    p_noise: float = 0.8
+    noise_std: Tuple[float, float] = (0.0, 0.1)
+    p_brightness: float = 0.8
+    brightness: Tuple[float, float] = (0.8, 1.2)  # multiplicative factor
+    p_contrast: float = 0.8
+    contrast: Tuple[float, float] = (0.8, 1.2)
+    p_gamma: float = 0.8
+    gamma: Tuple[float, float] = (0.8, 1.25)
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """Random block masking (condition model only; implementation notes 2.3)."""
+
+    probability: float = 0.9  # chance a view is masked at all
+    ratio: float = 0.6  # share of blocks zeroed
+    block_fraction: float = 0.25  # block edge as a fraction of each patch side
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """Dense self-supervised pretraining of the descriptor and condition models (paper 3.1-3.2, App. A)."""
+
+    objective: Literal["vicreg", "infonce"] = "vicreg"
+    n_pairs_per_image: int = 1024  # voxel positive pairs drawn in the overlap of two views
+    batch_size: int = 8  # m images per step (two views each)
+    num_iterations: int = 300_000
+    warmup_iterations: int = 10_000
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-6
+    adam_eps: float = 1e-3
+    grad_clip: float = 1.0
+    crop_spacing_factor: Tuple[float, float] = (1.0, 2.0)  # per-axis view spacing / target spacing
+    masked_crop_spacing_factor: Tuple[float, float] = (1.0, 4.0)  # the same, for the condition model
+    vicreg_expander_dims: Tuple[int, ...] = (8192, 8192, 8192)
+    vicreg_weights: Tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
+    vicreg_eps: float = 1e-4
+    infonce_projector_dims: Tuple[int, ...] = (2048, 2048, 128)
+    infonce_temperature: float = 0.1
+    checkpoint_every: int = 1000  # iterations between checkpoint_latest writes
+    log_every: int = 50  # iterations between log lines / progress points
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+
+
+@dataclass(frozen=True)
+class DensityConfig:
+    """Density model over pooled descriptor maps (paper 3.3, App. B-C)."""
+
+    condition: Literal["masking", "sincos", "none"] = "masking"
+    density: Literal["flow", "gaussian"] = "flow"
+    pool_stride_xyz: IntXYZ = (3, 3, 2)  # voxels, average-pooling kernel = stride (x, y, z)
+    noise_std: float = 0.1  # Gaussian noise on descriptors and conditions, training only
+    flow_blocks: int = 64
+    flow_hidden: int = 512
+    gaussian_hidden: int = 128
+    gaussian_min_log_var: float = -9.0  # variance floor (log sigma^2)
+    sincos_dim: int = 32  # channels of the sin-cos positional condition
+    batch_size: int = 4  # m patches per step
+    num_iterations: int = 500_000
+    warmup_iterations: int = 10_000
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-6
+    adam_eps: float = 1e-3
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+    @property
+    def pool_stride_zyx(self) -> IntXYZ:
+        return _zyx(self.pool_stride_xyz)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    step_size: float = 0.5  # sliding-window step as a fraction of the patch
+    blending: Literal["uniform", "gaussian"] = "uniform"
+    batch_size: int = 2  # patches per forward
+
+
+@dataclass(frozen=True)
+class ScreenerConfig:
+    preset: str = "default"
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ScreenerConfig":
+        """Builds a config from a (possibly partial) dict on top of the preset it names."""
+        base = PRESETS[d.get("preset", "default")]()
+        return merge(base, d)
+
+
+def default_config() -> ScreenerConfig:
+    """The paper's settings (GPU scale)."""
+    return ScreenerConfig()
+
+
+def cpu_config() -> ScreenerConfig:
+    """A small preset for demos, tests and CI on a few CPU cores.
+
+    Coarser spacing, smaller patch and network, narrow SSL heads, short schedules. Chosen by measurement
+    (see benchmarks/RESULTS.md).
+    """
+    return ScreenerConfig(
+        preset="cpu",
+        preprocessing=PreprocessingConfig(spacing_xyz=(3.0, 3.0, 4.5)),
+        network=NetworkConfig(
+            patch_size_xyz=(48, 48, 32),
+            features_per_stage=(16, 32, 64, 64),
+            strides_zyx=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
+            n_conv_per_stage=2,
+            embedding_dim=32,
+        ),
+        ssl=SSLConfig(
+            n_pairs_per_image=1024,
+            batch_size=4,
+            num_iterations=300,
+            warmup_iterations=30,
+            learning_rate=1e-3,
+            vicreg_expander_dims=(512, 512, 512),
+            infonce_projector_dims=(256, 256, 128),
+            checkpoint_every=50,
+            log_every=10,
+            crop_spacing_factor=(1.0, 1.5),
+            masked_crop_spacing_factor=(1.0, 2.0),
+        ),
+        density=DensityConfig(
+            pool_stride_xyz=(3, 3, 2),
+            flow_blocks=8,
+            flow_hidden=64,
+            gaussian_hidden=64,
+            batch_size=4,
+            num_iterations=300,
+            warmup_iterations=30,
+            learning_rate=1e-3,
+            checkpoint_every=50,
+            log_every=10,
+        ),
+        inference=InferenceConfig(step_size=0.5, blending="uniform", batch_size=4),
+    )
+
+
+PRESETS = {"default": default_config, "cpu": cpu_config}
+
+
+def get_preset(name: str) -> ScreenerConfig:
+    if name not in PRESETS:
+        raise ScreenerError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _coerce(value: Any, current: Any) -> Any:
+    """Casts a JSON / CLI value to the type of the field it replaces (tuples stay tuples)."""
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        items = list(value)
+        if current and all(isinstance(c, tuple) for c in current):
+            return tuple(tuple(int(x) for x in item) for item in items)
+        kind = type(current[0]) if current else float
+        return tuple(kind(v) for v in items)
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ScreenerError(f"expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    return value
+
+
+def merge(cfg: Any, overrides: Mapping[str, Any]) -> Any:
+    """Returns ``cfg`` with the values of the nested dict ``overrides`` replaced (unknown keys raise)."""
+    if not overrides:
+        return cfg
+    known = {f.name: f for f in fields(cfg)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ScreenerError(f"unknown config key {key!r} in {type(cfg).__name__}; known: {sorted(known)}")
+        current = getattr(cfg, key)
+        if is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ScreenerError(f"config section {key!r} needs a mapping, got {value!r}")
+            changes[key] = merge(current, value)
+        else:
+            try:
+                changes[key] = _coerce(value, current)
+            except (TypeError, ValueError) as e:
+                raise ScreenerError(f"bad value {value!r} for config key {key!r}: {e}") from e
+    return replace(cfg, **changes)
+
+
+def parse_set_overrides(items: list[str] | None) -> Dict[str, Any]:
+    """Turns ``["ssl.learning_rate=1e-3", "network.embedding_dim=64"]`` into a nested dict."""
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ScreenerError(f"--set expects section.field=value, got {item!r}")
+        path, value = item.split("=", 1)
+        node = out
+        parts = path.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value.strip()
+    return out
+
+
+def validate(cfg: ScreenerConfig) -> ScreenerConfig:
+    """Checks the choices that come from registries; raises ScreenerError listing the valid ones."""
+    checks = (
+        (cfg.ssl.objective, OBJECTIVES, "ssl.objective"),
+        (cfg.density.condition, CONDITIONS, "density.condition"),
+        (cfg.density.density, DENSITIES, "density.density"),
+        (cfg.inference.blending, BLENDINGS, "inference.blending"),
+    )
+    for value, allowed, name in checks:
+        if value not in allowed:
+            raise ScreenerError(f"{name}={value!r} is not one of {list(allowed)}")
+    if not 0 < cfg.inference.step_size <= 1:
+        raise ScreenerError(f"inference.step_size must lie in (0, 1], got {cfg.inference.step_size}")
+    return cfg
