@@ -49,12 +49,16 @@ class PreprocessingConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """UNet backbone (dynamic-network-architectures PlainConvUNet) and the dense head."""
+    """UNet backbone and the dense head.
+
+    The UNet's topology (stages, strides, kernels) is planned by nnU-Net's experiment planner for the patch and
+    written to the plans' ``architecture`` block (dynamic-network-architectures PlainConvUNet); these fields are
+    the planner's inputs.
+    """
 
     patch_size_xyz: IntXYZ = (96, 96, 64)  # voxels (x, y, z) at the target spacing
-    features_per_stage: Tuple[int, ...] = (32, 64, 128, 256, 320)
-    strides_zyx: Tuple[IntXYZ, ...] = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))  # (z, y, x) per stage
-    n_conv_per_stage: int = 2
+    base_num_features: int = 32  # channels of the first stage; doubled per stage
+    max_num_features: int = 320  # cap on channels per stage
     embedding_dim: int = 32  # d: channels of the descriptor / condition maps
 
     @property
@@ -187,9 +191,8 @@ def cpu_config() -> ScreenerConfig:
         preprocessing=PreprocessingConfig(spacing_xyz=(3.0, 3.0, 4.5)),
         network=NetworkConfig(
             patch_size_xyz=(48, 48, 32),
-            features_per_stage=(16, 32, 64, 64),
-            strides_zyx=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
-            n_conv_per_stage=2,
+            base_num_features=16,
+            max_num_features=64,
             embedding_dim=32,
         ),
         ssl=SSLConfig(
