@@ -71,6 +71,7 @@ class AugmentationConfig:
     """Per-view colour augmentations (implementation notes 2.2), applied to [0, 1] intensities."""
 
     p_blur_or_sharpen: float = 0.8
+    sharpen_share: float = 0.5  # chance that blur-or-sharpen sharpens (else blurs)
     blur_sigma_mm: Tuple[float, float] = (0.0, 1.5)  # mm, in-plane Gaussian sigma range
     sharpen_alpha: Tuple[float, float] = (0.0, 2.0)
     p_noise: float = 0.8
@@ -124,6 +125,10 @@ class DensityConfig:
 
     condition: Literal["masking", "sincos", "none"] = "masking"
     density: Literal["flow", "gaussian"] = "flow"
+    # result-folder variants of the trained descriptor / condition to use ("" = paths.ssl_variant(ssl.objective,
+    # network.embedding_dim)); set by nnScreener_train --descriptor_variant / --condition_variant
+    descriptor_variant: str = ""
+    condition_variant: str = ""
     pool_stride_xyz: IntXYZ = (3, 3, 2)  # voxels, average-pooling kernel = stride (x, y, z)
     noise_std: float = 0.1  # Gaussian noise on descriptors and conditions, training only
     flow_blocks: int = 64
