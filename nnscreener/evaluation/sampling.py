@@ -1,0 +1,273 @@
+"""Per-scan collection of the voxels the metrics are computed on (paper section 4.2, implementation notes 4.4).
+
+For each scan: ALL lesion voxels (score, label value, 26-connected region id) and a fixed, seeded number K of
+normal voxels drawn without replacement from the non-lesion voxels of the body. The TPR and the per-region
+overlaps are then exact, the FPR a Monte-Carlo estimate pooled over scans.
+
+The body is ``body_mask_from_hu`` of the CT image when the image is given; otherwise the voxels where the
+anomaly map is above its minimum (the predictor writes the map's minimum outside the body, contract C11). A
+map without any voxel above its minimum (a constant map) counts as all body.
+
+Everything is computed in the geometry of the stored label and map files (the original image geometry for
+``nnScreener_predict`` outputs); labels and maps must share size, spacing, origin and direction exactly.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnscreener.errors import ScreenerError
+from nnscreener.evaluation.metrics import label_regions
+from nnscreener.planning.body_mask import body_mask_from_hu
+
+VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+"""File endings recognized in label, map and image folders."""
+
+DEFAULT_N_NEGATIVES = 10_000
+"""Normal voxels drawn per scan (K). FPR resolution per scan is 1/K; pooled over n scans, 1/(n K)."""
+
+_SPACING_RTOL = 1e-4  # relative tolerance on spacing
+_ORIGIN_ATOL_MM = 1e-3
+_DIRECTION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class CaseSample:
+    """The voxels of one scan that enter the metrics.
+
+    Attributes:
+        case: case identifier.
+        positive_scores: (n_pos,) float32 map values of all lesion voxels (label > 0).
+        positive_labels: (n_pos,) int64 label value (lesion kind) of each lesion voxel.
+        region_ids: (n_pos,) int64 26-connected component of the lesion mask (label > 0), 1..n_regions.
+        kind_region_ids: (n_pos,) int64 26-connected component of the voxels sharing the voxel's label value,
+            unique within the case (used for per-kind AUPRO; equals ``region_ids`` up to numbering when the
+            labels are binary or lesions of different kinds do not touch).
+        n_regions: number of regions of the lesion mask.
+        negative_scores: (n_neg,) float32 map values of the sampled normal body voxels.
+        negative_indices: (n_neg,) int64 flat (C-order, z, y, x) indices of the sampled normal voxels, ascending.
+        n_negative_candidates: number of non-lesion body voxels the negatives were drawn from.
+    """
+
+    case: str
+    positive_scores: np.ndarray
+    positive_labels: np.ndarray
+    region_ids: np.ndarray
+    kind_region_ids: np.ndarray
+    n_regions: int
+    negative_scores: np.ndarray
+    negative_indices: np.ndarray
+    n_negative_candidates: int
+
+
+def case_rng(seed: int, case: str) -> np.random.Generator:
+    """A generator that depends only on the seed and the case name (not on case order or on the other cases)."""
+    return np.random.default_rng([int(seed), zlib.crc32(case.encode("utf-8"))])
+
+
+def body_from_map(score_map: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: voxels above the map's minimum; all True for a constant map."""
+    body = score_map > score_map.min()
+    return body if body.any() else np.ones(score_map.shape, dtype=bool)
+
+
+def sample_flat_indices(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` distinct flat indices of True voxels, uniformly without replacement, ascending.
+
+    Memory stays O(n + one slice): ranks are drawn among the candidates, then located slice by slice.
+
+    Args:
+        candidates: (z, y, x) bool array.
+        n: number of voxels wanted; all candidates are returned when there are fewer.
+        rng: random generator.
+
+    Returns:
+        (min(n, candidates.sum()),) int64 flat C-order indices.
+    """
+    assert candidates.ndim == 3 and candidates.dtype == bool
+    per_slice = candidates.reshape(candidates.shape[0], -1).sum(axis=1, dtype=np.int64)  # (z,)
+    total = int(per_slice.sum())
+    if total <= n:
+        return np.flatnonzero(candidates).astype(np.int64)
+    ranks = np.sort(rng.choice(total, size=n, replace=False))
+    slice_starts = np.concatenate([[0], np.cumsum(per_slice)])  # rank of each slice's first candidate
+    slice_of_rank = np.searchsorted(slice_starts, ranks, side="right") - 1
+    slice_size = candidates.shape[1] * candidates.shape[2]
+    indices = np.empty(n, dtype=np.int64)
+    for z in np.unique(slice_of_rank):
+        in_slice = slice_of_rank == z
+        local = np.flatnonzero(candidates[z])[ranks[in_slice] - slice_starts[z]]
+        indices[in_slice] = local + z * slice_size
+    return indices
+
+
+def _lesion_bbox(lesion: np.ndarray) -> Tuple[slice, ...]:
+    bbox = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(lesion.any(axis=other))
+        bbox.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(bbox)
+
+
+def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, body_mask: np.ndarray,
+                n_negatives: int = DEFAULT_N_NEGATIVES, seed: int = 0) -> CaseSample:
+    """Collects all lesion voxels and K seeded normal body voxels of one scan.
+
+    Args:
+        case: case identifier (also seeds the draw with ``seed``).
+        score_map: (z, y, x) anomaly scores, higher = more anomalous.
+        lesion_labels: (z, y, x) non-negative integer labels, 0 = no lesion, other values = lesion kinds.
+        body_mask: (z, y, x) bool; negatives are drawn from ``body_mask & (lesion_labels == 0)``.
+        n_negatives: K, normal voxels drawn (all candidates when the body has fewer).
+        seed: base seed.
+    """
+    if not (score_map.shape == lesion_labels.shape == body_mask.shape) or score_map.ndim != 3:
+        raise ScreenerError(f"case {case}: map {score_map.shape}, labels {lesion_labels.shape} and body mask "
+                            f"{body_mask.shape} must be equal (z, y, x) shapes")
+    if n_negatives < 1:
+        raise ScreenerError(f"the number of negatives per case must be >= 1, got {n_negatives}")
+    lesion = lesion_labels > 0
+    positive_scores = np.zeros(0, np.float32)
+    positive_labels = region_ids = kind_region_ids = np.zeros(0, np.int64)
+    n_regions = 0
+    if lesion.any():
+        bbox = _lesion_bbox(lesion)
+        labels_crop, lesion_crop = lesion_labels[bbox], lesion[bbox]
+        regions, n_regions = label_regions(lesion_crop)
+        kind_regions = np.zeros(labels_crop.shape, np.int64)  # (z, y, x) of the crop
+        n_kind_regions = 0
+        for value in np.unique(labels_crop[lesion_crop]):
+            value_regions, n_value = label_regions(labels_crop == value)
+            inside = value_regions > 0
+            kind_regions[inside] = value_regions[inside] + n_kind_regions
+            n_kind_regions += n_value
+        positive_scores = score_map[bbox][lesion_crop].astype(np.float32)
+        positive_labels = labels_crop[lesion_crop].astype(np.int64)
+        region_ids = regions[lesion_crop].astype(np.int64)
+        kind_region_ids = kind_regions[lesion_crop]
+    candidates = body_mask & ~lesion
+    negative_indices = sample_flat_indices(candidates, n_negatives, case_rng(seed, case))
+    return CaseSample(
+        case=case,
+        positive_scores=positive_scores,
+        positive_labels=positive_labels,
+        region_ids=region_ids,
+        kind_region_ids=kind_region_ids,
+        n_regions=n_regions,
+        negative_scores=score_map.ravel()[negative_indices].astype(np.float32),
+        negative_indices=negative_indices,
+        n_negative_candidates=int(candidates.sum()),
+    )
+
+
+def strip_ending(name: str) -> Optional[str]:
+    """``"case_001.nii.gz"`` -> ``"case_001"`` (endings matched case-insensitively); None for other endings."""
+    for ending in VOLUME_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return None
+
+
+def volume_files_by_case(folder: Union[str, Path], channel_suffix: str = "") -> Dict[str, Path]:
+    """Volume files of a folder by case: ``{case}{channel_suffix}{ending}`` for the known endings.
+
+    With ``channel_suffix="_0000"`` (nnU-Net image folders), files named ``{case}_0000.nii.gz`` give ``case``;
+    files without the suffix are taken whole as case names (so label names like ``lung_0001`` stay whole).
+    Hidden files (e.g. an interrupted write's ``.partial_*``) are ignored.
+
+    Raises:
+        ScreenerError: the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ScreenerError(f"folder {folder} does not exist")
+    files: Dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = strip_ending(path.name)
+        if stem is None or path.name.startswith(".") or not path.is_file():
+            continue
+        case = stem[: -len(channel_suffix)] if channel_suffix and stem.endswith(channel_suffix) else stem
+        if case in files:
+            raise ScreenerError(f"case {case} has two files in {folder}: {files[case].name} and {path.name}")
+        files[case] = path
+    return files
+
+
+def read_volume(path: Union[str, Path]) -> sitk.Image:
+    """Reads a 3D single-component image; ScreenerError naming the file when unreadable or not 3D."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ScreenerError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScreenerError(f"{path} is not a 3D single-channel volume (dimension {image.GetDimension()}, "
+                            f"{image.GetNumberOfComponentsPerPixel()} components)")
+    return image
+
+
+def check_same_geometry(reference: sitk.Image, other: sitk.Image, case: str, reference_name: str,
+                        other_name: str) -> None:
+    """Raises ScreenerError naming the case when size, spacing, origin or direction differ.
+
+    Sizes are reported in x, y, z order (SimpleITK's), spacing in mm.
+    """
+    problems = []
+    if reference.GetSize() != other.GetSize():
+        problems.append(f"size (x, y, z) {reference.GetSize()} vs {other.GetSize()}")
+    else:
+        if not np.allclose(reference.GetSpacing(), other.GetSpacing(), rtol=_SPACING_RTOL, atol=0):
+            problems.append(f"spacing (x, y, z, mm) {reference.GetSpacing()} vs {other.GetSpacing()}")
+        if not np.allclose(reference.GetOrigin(), other.GetOrigin(), rtol=0, atol=_ORIGIN_ATOL_MM):
+            problems.append(f"origin (mm) {reference.GetOrigin()} vs {other.GetOrigin()}")
+        if not np.allclose(reference.GetDirection(), other.GetDirection(), rtol=0, atol=_DIRECTION_ATOL):
+            problems.append(f"direction {reference.GetDirection()} vs {other.GetDirection()}")
+    if problems:
+        raise ScreenerError(f"case {case}: the {other_name} does not match the geometry of the {reference_name}: "
+                            + "; ".join(problems))
+
+
+def _label_array(label_image: sitk.Image, path: Path) -> np.ndarray:
+    labels = sitk.GetArrayViewFromImage(label_image)  # (z, y, x), read-only view
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise ScreenerError(f"{path}: labels must be integers (0 = no lesion, >0 = lesion kind)")
+        labels = labels.astype(np.int64)
+    if labels.min() < 0:
+        raise ScreenerError(f"{path}: negative label value {labels.min()}; labels must be >= 0")
+    return labels
+
+
+def load_case_sample(case: str, label_file: Path, map_file: Path, image_file: Optional[Path] = None,
+                     n_negatives: int = DEFAULT_N_NEGATIVES, seed: int = 0) -> CaseSample:
+    """Reads one case's label, anomaly map and (optionally) CT image, checks their geometry, and samples it.
+
+    Args:
+        case: case identifier.
+        label_file: lesion labels (0 background, >0 lesion kinds).
+        map_file: float anomaly map written by ``nnScreener_predict`` or a floor (contract C11).
+        image_file: the CT image in HU; when given the body is ``body_mask_from_hu`` of it, otherwise the voxels
+            where the map is above its minimum.
+        n_negatives: K normal voxels drawn per case.
+        seed: base seed (combined with the case name).
+    """
+    label_image, map_image = read_volume(label_file), read_volume(map_file)
+    check_same_geometry(label_image, map_image, case, f"label {label_file}", f"anomaly map {map_file}")
+    image = read_volume(image_file) if image_file is not None else None
+    if image is not None:
+        check_same_geometry(label_image, image, case, f"label {label_file}", f"image {image_file}")
+    labels = _label_array(label_image, label_file)
+    score_map = sitk.GetArrayViewFromImage(map_image)  # (z, y, x), valid while map_image lives
+    if not np.isfinite(score_map).all():
+        raise ScreenerError(f"case {case}: the anomaly map {map_file} contains NaN or infinite values")
+    if image is not None:
+        body = body_mask_from_hu(sitk.GetArrayViewFromImage(image))
+        del image
+    else:
+        body = body_from_map(score_map)
+    return sample_case(case, score_map, labels, body, n_negatives=n_negatives, seed=seed)
