@@ -33,6 +33,13 @@ setup(
             "nnScreener_predict=nnscreener.cli.predict:main",
             "nnScreener_evaluate=nnscreener.cli.evaluate:main",
             "nnScreener_demo=nnscreener.cli.demo:main",
+            "nnScreener_convert_nlst=dataset_conversion.convert_nlst:main",
+            "nnScreener_convert_amos=dataset_conversion.convert_amos:main",
+            "nnScreener_convert_abdomenatlas=dataset_conversion.convert_abdomenatlas:main",
+            "nnScreener_convert_lidc=dataset_conversion.convert_lidc:main",
+            "nnScreener_convert_midrc_ricord=dataset_conversion.convert_midrc_ricord:main",
+            "nnScreener_convert_kits=dataset_conversion.convert_kits:main",
+            "nnScreener_convert_lits=dataset_conversion.convert_lits:main",
         ]
     },
 )
