@@ -1,0 +1,287 @@
+"""Built-in synthetic CT dataset: deterministic phantoms with exact lesion masks, in nnU-Net's raw format.
+
+Each case is a synthetic patient (body outline with skin, fat and muscle; lungs with branching vessel trees and
+airways; heart, mediastinum, aorta and caval veins; spine with vertebrae and discs; ribs and sternum; liver with
+vessels, gallbladder, spleen, stomach, kidneys with cortex and medulla; bowel with gas; the couch) imaged with a
+per-patient field of view (chest, abdomen or both), voxel spacing, contrast phase, partial-volume blur and
+correlated noise. Lesions are of kinds that intensity alone does not give away (see
+:mod:`dataset_conversion.synthetic.lesions`).
+
+Sizes: ``full`` is a clinical grid (512 x 512 in plane at 0.6-1.0 mm, 1-5 mm slices); ``cpu`` images the same
+anatomy on a coarse grid (~110-150 voxels in plane at 2.4-4 mm, 45-100 slices at 2.5-6 mm) for demos and tests.
+
+Python::
+
+    from dataset_conversion.synthetic_ct import generate_case, generate_dataset
+    image, label, spacing_zyx, info = generate_case(seed=0, size="cpu", with_lesions=True)
+    folder = generate_dataset(Path(os.environ["nnUNet_raw"]), dataset_id=500)
+
+Command line: ``nnScreener_generate_synthetic -d 500`` (see ``--help``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from dataset_conversion.synthetic import writer
+from dataset_conversion.synthetic.lesions import (
+    ABDOMEN_KINDS,
+    LESION_KINDS,
+    LUNG_KINDS,
+    Lesion,
+    place_lesion,
+    sample_lesions,
+)
+from dataset_conversion.synthetic.noise import blur_halo
+from dataset_conversion.synthetic.patient import (
+    FIELDS_OF_VIEW,
+    SIZES,
+    Acquisition,
+    Patient,
+    sample_acquisition,
+    sample_patient,
+)
+from dataset_conversion.synthetic.render import Phantom, lesion_voxels_in_anatomy, make_textures, render
+from dataset_conversion.synthetic.tissues import tissue_names
+from dataset_conversion.synthetic.tubes import tube_families
+from nnscreener.errors import ScreenerError
+
+Seed = Union[int, np.random.SeedSequence]
+DATASET_NAME = "SyntheticCT"
+_STREAMS = {"patient": 0, "tubes": 1, "lesions": 2, "texture": 3, "noise": 4}
+
+
+def _stream(seed: np.random.SeedSequence, name: str) -> np.random.SeedSequence:
+    """An independent child seed per concern, so e.g. changing the lesions leaves the anatomy unchanged."""
+    return np.random.SeedSequence(seed.entropy, spawn_key=tuple(seed.spawn_key) + (_STREAMS[name],))
+
+
+def fields_of_view_for(lesion_kinds: Sequence[int]) -> List[str]:
+    """Fields of view that show every organ the given lesion kinds need."""
+    kinds = set(lesion_kinds)
+    unknown = kinds - set(LESION_KINDS)
+    if unknown:
+        raise ScreenerError(f"unknown lesion kinds {sorted(unknown)}; valid: {LESION_KINDS}")
+    excluded = ({"abdomen"} if kinds & LUNG_KINDS else set()) | ({"chest"} if kinds & ABDOMEN_KINDS else set())
+    return [f for f in FIELDS_OF_VIEW if f not in excluded]
+
+
+def _visible_lesions(patient: Patient, acq: Acquisition, required: Sequence[int],
+                     rng: np.random.Generator) -> List[Lesion]:
+    """The case's lesions, each with at least one voxel in the grid: invisible required ones are redrawn (up to
+    10 times), invisible optional ones dropped."""
+
+    def visible(lesion: Optional[Lesion]) -> bool:
+        return lesion is not None and lesion_voxels_in_anatomy(lesion, patient, acq.geometry) > 0
+
+    kept = []
+    for i, lesion in enumerate(sample_lesions(patient, acq, required, rng)):  # required kinds come first
+        redraws = 0
+        while i < len(required) and not visible(lesion) and redraws < 10:
+            lesion = place_lesion(required[i], patient, acq, rng)
+            redraws += 1
+        if visible(lesion):
+            kept.append(lesion)
+        elif i < len(required):
+            raise RuntimeError(f"could not place a visible {LESION_KINDS[required[i]]}")  # internal invariant
+    return kept
+
+
+def generate_case(
+    seed: Seed,
+    size: str = "cpu",
+    with_lesions: bool = True,
+    lesion_kinds: Sequence[int] = (),
+    return_tissue_map: bool = False,
+) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, float], Dict]:
+    """Generates one synthetic CT case.
+
+    Args:
+        seed: an int or a ``numpy.random.SeedSequence``; the same seed gives the same case, bit for bit.
+        size: "cpu" (coarse grid) or "full" (clinical grid).
+        with_lesions: whether the case carries lesions (1-3, plus the required kinds).
+        lesion_kinds: label values (keys of ``LESION_KINDS``) that must be present; the field of view is chosen
+            to show their organs. Ignored when ``with_lesions`` is False.
+        return_tissue_map: also return the (z, y, x) uint8 tissue ids as ``info["tissue_map"]`` (names in
+            ``info["tissue_names"]``).
+
+    Returns:
+        ``(image, label, spacing_zyx, info)``: image int16 (z, y, x) in HU; label uint8 (z, y, x) with the lesion
+        kind per voxel (0 = no lesion); spacing in mm (z, y, x); info: field_of_view, phase, origin_xyz (mm),
+        shape_zyx, noise and blur settings, lesions (kind, centre, radii, HU) and lesion_voxels per kind name.
+    """
+    if size not in SIZES:
+        raise ScreenerError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
+    required = list(lesion_kinds) if with_lesions else []
+    fovs = fields_of_view_for(required)
+    rng = np.random.default_rng(_stream(ss, "patient"))
+    patient, acq = sample_acquisition(sample_patient(rng), size, fovs, rng)
+    tubes = tube_families(patient, np.random.default_rng(_stream(ss, "tubes")))
+    lesions = []
+    if with_lesions:
+        lesions = _visible_lesions(patient, acq, required, np.random.default_rng(_stream(ss, "lesions")))
+    fine, coarse = make_textures(acq.geometry, blur_halo(acq), np.random.default_rng(_stream(ss, "texture")))
+    phantom = Phantom(patient, acq, tubes, lesions, fine, coarse, _stream(ss, "noise"))
+    image, label, tissue = render(phantom, with_tissue=return_tissue_map)
+    g = acq.geometry
+    counts = np.bincount(label.reshape(-1), minlength=len(LESION_KINDS) + 1)
+    info: Dict = {
+        "field_of_view": acq.field_of_view,
+        "phase": acq.phase,
+        "shape_zyx": list(g.shape_zyx),
+        "spacing_zyx": [float(s) for s in g.spacing_zyx],
+        "origin_xyz": [float(o) for o in g.origin_xyz],
+        "noise_sd_hu": round(acq.noise_sd_hu, 2),
+        "noise_corr_mm": round(acq.noise_corr_mm, 2),
+        "psf_mm": round(acq.psf_mm, 2),
+        "slice_fwhm_mm": round(acq.slice_fwhm_mm, 2),
+        "lesions": [lesion.describe() for lesion in lesions],
+        "lesion_voxels": {LESION_KINDS[k]: int(counts[k]) for k in LESION_KINDS if counts[k]},
+    }
+    if return_tissue_map:
+        info["tissue_map"] = tissue
+        info["tissue_names"] = tissue_names()
+    return image, label, tuple(float(s) for s in g.spacing_zyx), info
+
+
+def _default_processes(size: str) -> int:
+    cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8 if size == "cpu" else 4))
+
+
+def _make_case(job: Dict) -> Dict:
+    """Worker: generates one case and writes its image (and label for test cases). Returns its summary."""
+    ss = np.random.SeedSequence(job["seed"], spawn_key=tuple(job["spawn_key"]))
+    image, label, spacing, info = generate_case(ss, job["size"], job["with_lesions"], job["lesion_kinds"])
+    folder = Path(job["folder"])
+    case = job["case"]
+    sub = "imagesTr" if job["split"] == "train" else "imagesTs"
+    writer.write_nifti(folder / sub / f"{case}_0000{writer.FILE_ENDING}", image, spacing, info["origin_xyz"])
+    if job["split"] == "test":
+        assert label.any(), f"test case {case} without lesion voxels"
+        writer.write_nifti(folder / "labelsTs" / f"{case}{writer.FILE_ENDING}", label, spacing, info["origin_xyz"])
+    return {"case": case, "split": job["split"], **info}
+
+
+def _init_worker() -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # optional: only limits BLAS threads inside workers
+        pass
+
+
+def _validate(n_train: int, n_test: int, size: str, lesion_share: float, num_processes: Optional[int]) -> None:
+    if n_train < 1:
+        raise ScreenerError(f"n_train must be at least 1, got {n_train}")
+    if n_test < 0:
+        raise ScreenerError(f"n_test must be at least 0, got {n_test}")
+    if size not in SIZES:
+        raise ScreenerError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    if not 0.0 <= lesion_share <= 1.0:
+        raise ScreenerError(f"lesion_share must be in [0, 1], got {lesion_share}")
+    if num_processes is not None and num_processes < 1:
+        raise ScreenerError(f"num_processes must be at least 1, got {num_processes}")
+
+
+def _jobs(folder: Path, n_train: int, n_test: int, size: str, seed: int, lesion_share: float) -> List[Dict]:
+    """One job per case. Training cases with lesions are an exact random share; test case i always carries
+    lesion kind (i mod 6) + 1, so every kind appears once there are at least 6 test cases."""
+    chosen = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))).permutation(n_train)
+    lesioned = set(chosen[: int(round(lesion_share * n_train))].tolist())
+    kinds = sorted(LESION_KINDS)
+    jobs = []
+    for i in range(n_train):
+        jobs.append({"case": f"train_{i:04d}", "split": "train", "seed": seed, "spawn_key": (0, i), "size": size,
+                     "with_lesions": i in lesioned, "lesion_kinds": (), "folder": str(folder)})
+    for i in range(n_test):
+        jobs.append({"case": f"test_{i:04d}", "split": "test", "seed": seed, "spawn_key": (1, i), "size": size,
+                     "with_lesions": True, "lesion_kinds": (kinds[i % len(kinds)],), "folder": str(folder)})
+    return jobs
+
+
+def generate_dataset(
+    out_root: Path,
+    dataset_id: int = 500,
+    name: str = DATASET_NAME,
+    n_train: int = 60,
+    n_test: int = 20,
+    size: str = "cpu",
+    seed: int = 0,
+    lesion_share: float = 0.3,
+    num_processes: Optional[int] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Writes the synthetic dataset as ``out_root/DatasetXXX_Name`` in nnU-Net's raw format.
+
+    Contents: ``imagesTr/train_XXXX_0000.nii.gz`` (unlabeled; ``round(lesion_share * n_train)`` of them carry
+    lesions, as real training sets are uncurated), ``imagesTs/test_XXXX_0000.nii.gz`` with
+    ``labelsTs/test_XXXX.nii.gz`` (every test case has at least one lesion), ``dataset.json`` (labels = lesion
+    kinds, plus "lesion_kinds") and ``synthetic_cases.json`` (per-case field of view, spacing, lesions).
+
+    Args:
+        out_root: the nnUNet_raw folder.
+        dataset_id: nnU-Net dataset id (1..999).
+        name: dataset name after the id.
+        n_train, n_test: number of training and test cases.
+        size: "cpu" or "full" (see module docstring).
+        seed: master seed; case files do not depend on ``num_processes``.
+        lesion_share: share of training cases with lesions.
+        num_processes: worker processes (default: up to 8 for cpu, 4 for full, capped by the CPU count).
+        overwrite: replace an existing dataset of the same folder name.
+        progress: show a progress bar.
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        ScreenerError: bad arguments, an existing dataset without ``overwrite``, another dataset with the same id.
+    """
+    from tqdm import tqdm
+
+    _validate(n_train, n_test, size, lesion_share, num_processes)
+    folder_name = writer.dataset_folder_name(dataset_id, name)
+    final, staging = writer.prepare_staging(Path(out_root), folder_name, overwrite)
+    jobs = _jobs(staging, n_train, n_test, size, seed, lesion_share)
+    processes = min(num_processes or _default_processes(size), len(jobs))
+    bar = tqdm(total=len(jobs), desc=f"generating {folder_name}", unit="case", disable=not progress)
+    summaries = []
+    if processes == 1:
+        for job in jobs:
+            summaries.append(_make_case(job))
+            bar.update()
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
+            for summary in pool.imap(_make_case, jobs):
+                summaries.append(summary)
+                bar.update()
+    bar.close()
+    writer.write_json(staging / "dataset.json", _dataset_json(name, n_train, n_test, size, seed, lesion_share))
+    writer.write_json(staging / "synthetic_cases.json", {"cases": summaries})
+    writer.publish(staging, final)
+    return final
+
+
+def _dataset_json(name: str, n_train: int, n_test: int, size: str, seed: int, lesion_share: float) -> Dict:
+    return {
+        "name": name,
+        "description": "Synthetic CT phantoms with lesions (nnScreener). imagesTr is unlabeled; labelsTs holds "
+        "lesion masks whose label value is the lesion kind.",
+        "reference": "nnScreener dataset_conversion/synthetic_ct.py",
+        "licence": "CC0",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, **{kind: label for label, kind in LESION_KINDS.items()}},
+        "lesion_kinds": {str(label): kind for label, kind in LESION_KINDS.items()},
+        "numTraining": n_train,
+        "numTest": n_test,
+        "file_ending": writer.FILE_ENDING,
+        "synthetic": {"seed": seed, "size": size, "lesion_share": lesion_share},
+    }
