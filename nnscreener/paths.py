@@ -70,9 +70,18 @@ def ssl_variant(objective: str, embedding_dim: int) -> str:
     return f"{objective}_d{embedding_dim}"
 
 
-def density_variant(condition: str, density: str) -> str:
-    """Variant name of a density run, e.g. ``masking_flow``."""
-    return f"{condition}_{density}"
+def density_variant(condition: str, density: str, descriptor_variant: str = "", condition_variant: str = "") -> str:
+    """Variant name of a density run, e.g. ``masking_flow``.
+
+    When the run uses a descriptor or condition model other than the default variant of its config, that
+    variant is part of the name (``masking_flow_desc-infonce_d32``), so runs on different frozen models coexist.
+    """
+    name = f"{condition}_{density}"
+    if descriptor_variant:
+        name += f"_desc-{descriptor_variant}"
+    if condition_variant:
+        name += f"_cond-{condition_variant}"
+    return name
 
 
 def stage_folder(dataset: Union[int, str], stage: str, variant: str, plans_name: str = DEFAULT_PLANS) -> Path:

@@ -1,0 +1,176 @@
+"""The Screener model apart from any training loop: frozen descriptor, condition encoder, density (contract C9).
+
+    x (B, 1, Z, Y, X) in [0, 1] --descriptor--> (B, D, Z, Y, X) --avg-pool--> y (B, D, z', y', x')
+    x, origin_zyx ----------------condition--------------------------------> c (B, Dc, z', y', x') or None
+    anomaly map = density.nll(y, c) = -log q(y | c)   (B, 1, z', y', x'), nats per pooled voxel
+
+(z', y', x') = (Z // sz, Y // sy, X // sx) with the pooling stride ``density.pool_stride_zyx``. The score is a
+negative log-density of the descriptor under what the model learned to expect at that position: higher means
+rarer. It is not a probability of disease and its scale depends on the trained model.
+
+Only the density's parameters are trained; the descriptor and the learned condition model stay frozen (eval mode,
+no gradients). A density checkpoint holds the state dict of the whole :class:`ScreenerModel`, so
+:func:`load_screener_model` needs nothing but the density result folder.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from nnscreener.config import ScreenerConfig
+from nnscreener.density.conditions import (ConditionEncoder, average_pool, condition_option, density_option,
+                                           network_embedding_dim)
+from nnscreener.errors import ScreenerError
+
+DENSITY_STAGE = "density"
+
+
+class ScreenerModel(nn.Module):
+    """Descriptor + condition encoder + density model, applied to patches.
+
+    Args:
+        descriptor: (B, 1, Z, Y, X) -> (B, D, Z, Y, X) dense features (a trained DenseFeatureNet); frozen here.
+        condition: a :class:`~nnscreener.density.conditions.ConditionEncoder` giving the condition map on the pooled
+            grid (:class:`~nnscreener.density.conditions.NoCondition` for a marginal density).
+        density: a module with ``nll(y, c) -> (B, 1, z', y', x')`` in nats.
+        pool_stride_zyx: average-pooling kernel = stride (z, y, x) in voxels for the descriptor map.
+        noise_std: std of the Gaussian noise added to the pooled descriptors and conditions in training mode only.
+    """
+
+    def __init__(self, descriptor: nn.Module, condition: ConditionEncoder, density: nn.Module,
+                 pool_stride_zyx: Sequence[int], noise_std: float) -> None:
+        super().__init__()
+        self.descriptor = descriptor.eval().requires_grad_(False)
+        self.condition = condition
+        self.density = density
+        self.pool_stride_zyx = tuple(int(s) for s in pool_stride_zyx)
+        self.noise_std = float(noise_std)
+
+    def train(self, mode: bool = True) -> "ScreenerModel":
+        super().train(mode)
+        self.descriptor.eval()  # frozen: never switches to training behaviour (a learned condition does the same)
+        return self
+
+    def pooled_maps(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Pooled descriptor and condition maps, without noise.
+
+        Args:
+            x: (B, 1, Z, Y, X) patches, intensities in [0, 1].
+            origin_zyx: (B, 3) int64 voxel index (z, y, x) of each patch's first voxel in the preprocessed volume.
+
+        Returns:
+            y (B, D, z', y', x') and c (B, Dc, z', y', x') or None, float32.
+        """
+        _check_inputs(x, origin_zyx, self.pool_stride_zyx)
+        with torch.no_grad():
+            y = average_pool(self.descriptor(x), self.pool_stride_zyx)
+            c = self.condition(x, origin_zyx)
+        return y.float(), None if c is None else c.float()
+
+    def _nll(self, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """The density in float32 even under autocast (flow log-determinants summed over many blocks)."""
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            return self.density.nll(y, c)
+
+    def forward(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
+        """NLL map for training: in training mode, N(0, noise_std^2) noise is added to y and c first.
+
+        Args and shapes as :meth:`anomaly_map`.
+        """
+        y, c = self.pooled_maps(x, origin_zyx)
+        if self.training and self.noise_std > 0:
+            y = y + self.noise_std * torch.randn_like(y)
+            c = None if c is None else c + self.noise_std * torch.randn_like(c)
+        return self._nll(y, c)
+
+    @torch.no_grad()
+    def anomaly_map(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
+        """The anomaly score map -log q(y | c) of a batch of patches (never noised).
+
+        Args:
+            x: (B, 1, Z, Y, X) patches, intensities in [0, 1]; Z, Y, X divisible by the descriptor's total stride.
+            origin_zyx: (B, 3) int64 voxel index (z, y, x) of each patch's first voxel in the preprocessed volume
+                (may be negative for padded patches); used by the sin-cos condition.
+
+        Returns:
+            (B, 1, Z // sz, Y // sy, X // sx) float32 NLL in nats per pooled voxel.
+        """
+        y, c = self.pooled_maps(x, origin_zyx)
+        return self._nll(y, c)
+
+
+def _check_inputs(x: torch.Tensor, origin_zyx: torch.Tensor, stride_zyx: Tuple[int, int, int]) -> None:
+    if x.ndim != 5 or x.shape[1] != 1:
+        raise ValueError(f"ScreenerModel expects (B, 1, Z, Y, X) patches, got shape {tuple(x.shape)}")
+    if tuple(origin_zyx.shape) != (x.shape[0], 3):
+        raise ValueError(f"origin_zyx must be (B, 3) = ({x.shape[0]}, 3), got {tuple(origin_zyx.shape)}")
+    if any(size < stride for size, stride in zip(x.shape[2:], stride_zyx)):
+        raise ValueError(f"patch (z, y, x) {tuple(x.shape[2:])} is smaller than the pooling stride {stride_zyx}")
+
+
+def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
+                         condition_network: Optional[nn.Module] = None) -> ScreenerModel:
+    """Assembles a ScreenerModel for ``config.density`` (condition and density variants, pooling, noise).
+
+    Args:
+        config: resolved config; ``density.condition`` / ``density.density`` pick the variants.
+        descriptor: the descriptor network; D = its ``embedding_dim`` (else ``config.network.embedding_dim``).
+        condition_network: the condition network (2 input channels), needed for the ``masking`` condition only;
+            Dc = its ``embedding_dim`` (else ``config.network.embedding_dim``).
+
+    Raises:
+        ScreenerError: unknown variant, or the ``masking`` condition without a condition network.
+    """
+    density_cfg = config.density
+    condition = condition_option(density_cfg.condition).build(config, condition_network)
+    density = density_option(density_cfg.density).build(density_cfg, network_embedding_dim(descriptor, config),
+                                                       condition.out_channels)
+    return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std)
+
+
+def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                        checkpoint_name: str = "checkpoint_final.pth") -> Tuple[ScreenerModel, ScreenerConfig]:
+    """Loads a trained ScreenerModel from a density result folder (contract C9/C10).
+
+    The folder holds ``plans.json`` and ``dataset.json`` (the network architecture) and the checkpoint, whose
+    ``network_weights`` is the whole ScreenerModel state dict, ``screener_config`` the resolved config and, optionally,
+    ``embedding_dims`` = {"descriptor": d, "condition": d} of the frozen networks (default
+    ``network.embedding_dim``).
+
+    Args:
+        density_folder: ``$nnUNet_results/DatasetXXX/density__<condition>_<density>__<plans>/``.
+        device: where to put the model (returned in eval mode).
+        checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_latest.pth``.
+
+    Returns:
+        The model and the config it was trained with.
+
+    Raises:
+        ScreenerError: a missing file, or a checkpoint that is not a density checkpoint.
+    """
+    from nnscreener.networks.dense_net import build_dense_net
+    from nnscreener.plans import load_plans_file
+
+    folder = Path(density_folder)
+    ckpt_path = folder / checkpoint_name
+    if not ckpt_path.is_file():
+        found = sorted(p.name for p in folder.glob("checkpoint_*.pth")) if folder.is_dir() else []
+        raise ScreenerError(f"missing {ckpt_path} (found: {found or 'no checkpoints'}); train it first: "
+                            f"nnScreener_train DATASET density")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if checkpoint.get("stage") != DENSITY_STAGE or "screener_config" not in checkpoint:
+        raise ScreenerError(f"{ckpt_path} is not a density checkpoint (stage {checkpoint.get('stage')!r})")
+    config = ScreenerConfig.from_dict(checkpoint["screener_config"])
+    plans = replace(load_plans_file(folder / "plans.json", folder / "dataset.json"), config=config)
+    dims = checkpoint.get("embedding_dims", {})  # the frozen networks' d, when they differ from the config's
+    descriptor = build_dense_net(plans, in_channels=1, embedding_dim=dims.get("descriptor"))
+    needs_condition = condition_option(config.density.condition).needs_trained_network
+    condition_network = build_dense_net(plans, 2, dims.get("condition")) if needs_condition else None
+    model = build_screener_model(config, descriptor, condition_network)
+    model.load_state_dict(checkpoint["network_weights"])
+    return model.to(device).eval(), config
+
