@@ -1,0 +1,89 @@
+"""``nnScreener_predict``: anomaly maps for a folder of CT scans with a trained Screener model.
+
+Writes one float32 ``{case}.nii.gz`` per input scan, in the scan's own geometry (size, spacing, origin, direction),
+NLL in nats, with the body's minimum outside the body.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from nnscreener import paths
+from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES
+from nnscreener.errors import ScreenerError
+
+PROG = "nnScreener_predict"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Predict Screener anomaly maps (float32 NIfTI, NLL in nats) for CT scans.")
+    parser.add_argument("-i", required=True, metavar="IN",
+                        help="input folder of images named {case}_0000.nii.gz (nnU-Net) or plain .nii.gz / .nii / "
+                             ".nrrd / .mha files, or one image file")
+    parser.add_argument("-o", required=True, metavar="OUT", help="output folder ({case}.nii.gz per input case)")
+    parser.add_argument("-d", required=True, metavar="DATASET", help="dataset the model was trained on: id or name")
+    parser.add_argument("-p", default=paths.DEFAULT_PLANS, metavar="PLANS",
+                        help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset)")
+    parser.add_argument("--condition", default="masking", choices=CONDITIONS, help="condition of the density model")
+    parser.add_argument("--density", default="flow", choices=DENSITIES, help="density model")
+    parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
+                        help="checkpoint file in the density result folder (default checkpoint_final.pth)")
+    parser.add_argument("-device", default=None, choices=("cpu", "cuda"),
+                        help="device for the networks (default: cuda when available, else cpu)")
+    parser.add_argument("-step_size", type=float, default=None,
+                        help="sliding-window step as a fraction of the patch, in (0, 1] (default: the plans', 0.5)")
+    parser.add_argument("--blending", default=None, choices=BLENDINGS,
+                        help="how overlapping patch maps are combined (default: the plans', uniform as in the paper)")
+    parser.add_argument("-npp", type=int, default=2,
+                        help="preprocessing worker processes (default 2; 0 = in the main process)")
+    parser.add_argument("-nps", type=int, default=2,
+                        help="export worker processes: resampling to the input's geometry and writing (default 2)")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the job into this many parts (default 1)")
+    parser.add_argument("-part_id", type=int, default=0,
+                        help="which part this process predicts, 0..num_parts-1 (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
+    parser.add_argument("--save_png", action="store_true",
+                        help="also write axial and coronal overlay previews to OUT/previews/")
+    return parser
+
+
+def density_folder(dataset: str, condition: str, density: str, plans_name: str) -> Path:
+    """The density result folder of this variant; raises ScreenerError naming it (and the trained ones) if absent."""
+    folder = paths.stage_folder(dataset, "density", paths.density_variant(condition, density), plans_name)
+    if not folder.is_dir():
+        trained = sorted(p.name for p in folder.parent.glob("density__*") if p.is_dir())
+        raise ScreenerError(f"no trained model {folder} (density stage, --condition {condition} --density {density}, "
+                            f"plans {plans_name}); trained density models of this dataset: {trained or 'none'}")
+    return folder
+
+
+def resolve_device(name: Optional[str]) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ScreenerError("-device cuda was requested but CUDA is not available; use -device cpu")
+    return name
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not Path(args.i).exists():
+            raise ScreenerError(f"input folder {args.i} does not exist")
+        from nnscreener.inference.predictor import ScreenerPredictor
+
+        predictor = ScreenerPredictor.from_density_folder(
+            density_folder(args.d, args.condition, args.density, args.p), resolve_device(args.device), args.chk,
+            step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
+            num_processes_export=args.nps)
+        summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
+                                               part_id=args.part_id, save_png=args.save_png)
+    except ScreenerError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    return 1 if summary.failed else 0

@@ -1,0 +1,407 @@
+"""Anomaly maps for raw scans: preprocessing, sliding window over descriptor + condition + density, export.
+
+:class:`ScreenerPredictor` owns the loop, with nnU-Net's engineering: preprocessing and export run in background
+worker processes (spawn) so they overlap with the network; patches are cut and moved to the device by a prefetch
+thread and batched; the blend is accumulated in float32 on the device and moved to the host once per case (with a
+fall-back to a host accumulator when the GPU runs out of memory); autocast only on CUDA. One bad case (unreadable
+file, non-3D image) is reported and the others still complete.
+
+Axis order: preprocessed data is (1, z, y, x) in [0, 1]; patches are (B, 1, Z, Y, X); maps are NLL in nats.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import sys
+import time
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from queue import Empty, Full, Queue
+from threading import Event, Thread
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnscreener.config import BLENDINGS, ScreenerConfig
+from nnscreener.errors import ScreenerError
+from nnscreener.inference.export import map_to_original_geometry, upsample_to_patch, write_map
+from nnscreener.inference.input_files import InputCase, discover_cases, output_file, select_part, split_finished
+from nnscreener.inference.previews import save_previews
+from nnscreener.inference.sliding_window import PaddedVolume, Stitcher, Window, batched, iter_windows, pad_to_patch
+from nnscreener.plans import ScreenerPlans, load_plans_file
+
+PREVIEW_FOLDER = "previews"
+SETTINGS_FILE = "prediction_settings.json"
+PreprocessFn = Callable[[Sequence[str], ScreenerPlans], Any]  # -> PreprocessedCase (contract C4)
+
+
+def default_preprocess_fn() -> PreprocessFn:
+    """The training preprocessing (contract C4), imported on first use."""
+    from nnscreener.planning.preprocessor import preprocess_case
+
+    return preprocess_case
+
+
+@dataclass
+class PredictionSummary:
+    """What :meth:`ScreenerPredictor.predict_from_files` did.
+
+    Attributes:
+        output_dir: the output folder.
+        predicted: case ids whose map was written.
+        skipped: case ids whose output already existed (no ``overwrite``).
+        failed: case id -> error message.
+        seconds: wall time of the whole run.
+    """
+
+    output_dir: Path
+    predicted: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: Dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        """A few human-readable lines: counts, time per case, and one line per failure."""
+        per_case = f", {self.seconds / len(self.predicted):.1f} s/case" if self.predicted else ""
+        lines = [f"nnScreener_predict: {len(self.predicted)} predicted, {len(self.skipped)} skipped (output exists; "
+                 f"--overwrite redoes them), {len(self.failed)} failed in {self.seconds:.1f} s{per_case}. "
+                 f"Maps are in {self.output_dir}"]
+        lines += [f"  FAILED {case}: {message}" for case, message in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+class _InlineExecutor(Executor):
+    """Runs each submitted call at once in the calling thread (``-npp 0`` / ``-nps 0``: no worker processes)."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:  # delivered through the future, like a worker's error
+            future.set_exception(e)
+        return future
+
+
+def _executor(num_workers: int) -> Executor:
+    if num_workers < 0:
+        raise ScreenerError(f"the number of worker processes must be >= 0, got {num_workers}")
+    if num_workers == 0:
+        return _InlineExecutor()
+    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _error_message(error: BaseException) -> str:
+    if isinstance(error, ScreenerError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _export_case(map_zyx: np.ndarray, body_zyx: np.ndarray, properties: Mapping[str, Any], plans_manager,
+                 configuration_manager, out_file: Path, preview_source: Optional[str],
+                 window_hu: Tuple[float, float]) -> None:
+    """Export worker: the map back to the input's geometry, written; previews from the first input image."""
+    original = map_to_original_geometry(map_zyx, body_zyx, properties, plans_manager, configuration_manager)
+    write_map(original, properties, out_file)
+    if preview_source is not None:
+        import SimpleITK as sitk
+
+        image = sitk.ReadImage(preview_source)
+        stem = out_file.parent / PREVIEW_FOLDER / out_file.name[: -len(".nii.gz")]
+        save_previews(sitk.GetArrayFromImage(image).astype(np.float32), original, image.GetSpacing(), stem,
+                      window_hu)
+
+
+def _prefetched(produce: Callable[[], Iterator[Any]], depth: int = 2) -> Iterator[Any]:
+    """Runs the generator ``produce()`` in a background thread, ``depth`` items ahead of the consumer.
+
+    The producer's exceptions are re-raised in the consumer; if the consumer stops early the producer stops too.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            for item in produce():
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except Exception as e:  # handed to the consumer
+            queue.put((done, e))
+
+    thread = Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(Empty):
+            while True:
+                queue.get_nowait()
+        thread.join()
+
+
+class ScreenerPredictor:
+    """Predicts Screener anomaly maps (NLL in nats) for raw scans.
+
+    Args:
+        model: a ScreenerModel (contract C9): ``anomaly_map(x (B, 1, Z, Y, X) in [0, 1], origin_zyx (B, 3) int64)
+            -> (B, 1, z', y', x')`` pooled NLL. Moved to ``device`` and set to eval mode.
+        plans: the plans the model was trained with (preprocessing, patch size, geometry inversion).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        step_size: window stride as a fraction of the patch, in (0, 1]; default: the plans' ``inference.step_size``.
+        blending: ``"uniform"`` (the paper) or ``"gaussian"`` (nnU-Net); default: the plans' ``inference.blending``.
+        batch_size: patches per forward; default: the plans' ``inference.batch_size``.
+        num_processes_preprocessing: preprocessing worker processes; 0 preprocesses in the calling thread.
+        num_processes_export: export (resampling + writing) worker processes; 0 exports in the calling thread.
+        progress: show progress bars and print the final summary.
+        preprocess_fn: ``(image_files, plans) -> PreprocessedCase`` (contract C4; fields ``data`` (1, z, y, x),
+            ``body_mask`` (z, y, x) bool, ``properties``). Default: nnScreener's training preprocessing. It must be
+            a module-level function when worker processes are used.
+    """
+
+    def __init__(self, model: nn.Module, plans: ScreenerPlans, device: Union[str, torch.device] = "cpu",
+                 step_size: Optional[float] = None, blending: Optional[str] = None,
+                 batch_size: Optional[int] = None, num_processes_preprocessing: int = 2,
+                 num_processes_export: int = 2, progress: bool = True,
+                 preprocess_fn: Optional[PreprocessFn] = None) -> None:
+        inference = plans.config.inference
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ScreenerError(f"device {device!r} was requested but CUDA is not available; use -device cpu")
+        self.step_size = float(inference.step_size if step_size is None else step_size)
+        self.blending = inference.blending if blending is None else blending
+        self.batch_size = int(inference.batch_size if batch_size is None else batch_size)
+        if not 0 < self.step_size <= 1:
+            raise ScreenerError(f"step size must lie in (0, 1], got {self.step_size}")
+        if self.blending not in BLENDINGS:
+            raise ScreenerError(f"blending {self.blending!r} is not one of {list(BLENDINGS)}")
+        if self.batch_size < 1:
+            raise ScreenerError(f"batch size must be at least 1, got {self.batch_size}")
+        self.plans = plans
+        self.plans_manager = plans.plans_manager
+        self.configuration_manager = plans.configuration_manager
+        self.patch_zyx = tuple(int(p) for p in self.configuration_manager.patch_size)
+        self.num_processes_preprocessing = num_processes_preprocessing
+        self.num_processes_export = num_processes_export
+        self.progress = progress
+        self.preprocess_fn = preprocess_fn or default_preprocess_fn()
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    @classmethod
+    def from_density_folder(cls, density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                            checkpoint_name: str = "checkpoint_final.pth", **kwargs: Any) -> "ScreenerPredictor":
+        """Loads a trained model from its density result folder (contracts C9, C10); ``kwargs`` go to __init__.
+
+        Raises:
+            ScreenerError: the folder or the checkpoint does not exist.
+        """
+        folder = Path(density_folder)
+        if not folder.is_dir():
+            raise ScreenerError(f"no trained density model at {folder}: train it with nnScreener_train first")
+        if not (folder / checkpoint_name).is_file():
+            found = sorted(p.name for p in folder.glob("*.pth"))
+            raise ScreenerError(f"checkpoint {folder / checkpoint_name} does not exist (found: {found or 'none'}); "
+                                f"finish training or pick another with -chk")
+        from nnscreener.model import load_screener_model
+
+        model, plans_or_config = load_screener_model(folder, device, checkpoint_name)
+        return cls(model, _plans_from(plans_or_config, folder), device, **kwargs)
+
+    # ------------------------------------------------------------------ one volume
+    @torch.inference_mode()
+    def predict_preprocessed(self, data: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+        """The blended anomaly map of one preprocessed volume.
+
+        Args:
+            data: (1, z, y, x) float intensities in [0, 1] (any size; smaller than a patch is padded with 0).
+
+        Returns:
+            (z, y, x) float32 NLL map in nats, on the device (on the host after a GPU out-of-memory fall-back).
+        """
+        data = torch.as_tensor(data, dtype=torch.float32)
+        if data.ndim != 4 or data.shape[0] != 1:
+            raise ScreenerError(f"expected a preprocessed (1, z, y, x) volume, got shape {tuple(data.shape)}")
+        padded = pad_to_patch(data, self.patch_zyx)
+        try:
+            blended = self._blend_windows(padded, self.device)
+        except torch.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            print("nnScreener_predict: the volume does not fit on the GPU; accumulating on the host instead",
+                  file=sys.stderr)
+            torch.cuda.empty_cache()
+            blended = self._blend_windows(padded, torch.device("cpu"))
+        return blended[padded.crop]
+
+    def _blend_windows(self, padded: PaddedVolume, results_device: torch.device) -> torch.Tensor:
+        volume = padded.data.to(results_device)  # (1, Z, Y, X), moved once
+        stitcher = Stitcher(volume.shape[1:], self.patch_zyx, self.blending, results_device)
+        windows = list(iter_windows(volume.shape[1:], self.patch_zyx, self.step_size))
+        offset_zyx = torch.tensor(padded.offset_zyx, dtype=torch.int64)
+
+        def patches() -> Iterator[Tuple[List[Window], torch.Tensor, torch.Tensor]]:
+            for batch in batched(iter(windows), self.batch_size):
+                x = torch.stack([volume[(slice(None), *w)] for w in batch])  # (B, 1, Z, Y, X)
+                starts = torch.tensor([[w.start for w in window] for window in batch], dtype=torch.int64)
+                origin_zyx = starts - offset_zyx  # (B, 3) first voxel in the unpadded volume (negative in padding)
+                yield batch, x.to(self.device, non_blocking=True), origin_zyx.to(self.device, non_blocking=True)
+
+        autocast = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
+        with tqdm(total=len(windows), desc="patches", leave=False, disable=not self.progress) as bar:
+            for batch, x, origin_zyx in _prefetched(patches):
+                with autocast:
+                    pooled = self.model.anomaly_map(x, origin_zyx)  # (B, 1, z', y', x')
+                stitcher.add(upsample_to_patch(pooled.float(), self.patch_zyx), batch)  # (B, 1, Z, Y, X)
+                bar.update(len(batch))
+        return stitcher.result()
+
+    # ------------------------------------------------------------------ one case
+    def predict_case(self, image_files: Sequence[Union[str, Path]]) -> np.ndarray:
+        """The anomaly map of one scan in its original geometry.
+
+        Args:
+            image_files: the scan's image files (one CT channel).
+
+        Returns:
+            float32 array in the input's array order as SimpleITK reads it ((z, y, x)); outside the body the
+            map's minimum.
+        """
+        case = self.preprocess_fn([str(f) for f in image_files], self.plans)
+        map_zyx = self.predict_preprocessed(case.data).cpu().numpy()
+        return map_to_original_geometry(map_zyx, case.body_mask, case.properties, self.plans_manager,
+                                        self.configuration_manager)
+
+    # ------------------------------------------------------------------ many cases
+    def predict_from_files(self, inputs: Union[str, Path, Sequence[InputCase]], output_dir: Union[str, Path],
+                           overwrite: bool = False, num_parts: int = 1, part_id: int = 0,
+                           save_png: bool = False) -> PredictionSummary:
+        """Writes ``{output_dir}/{case}.nii.gz`` (float32, the input's geometry) for every input case.
+
+        Args:
+            inputs: a folder or image file (see :func:`discover_cases`) or a list of ``(case_id, files)``.
+            output_dir: created if missing.
+            overwrite: redo cases whose output exists (otherwise they are skipped).
+            num_parts, part_id: predict only every ``num_parts``-th case starting at ``part_id``.
+            save_png: also write axial and coronal overlay previews to ``{output_dir}/previews/``.
+
+        Returns:
+            The summary; cases that failed are listed in it and did not stop the others.
+        """
+        start = time.perf_counter()
+        output_dir = Path(output_dir)
+        cases = discover_cases(inputs) if isinstance(inputs, (str, Path)) else [InputCase(c, tuple(map(str, f)))
+                                                                               for c, f in inputs]
+        todo, skipped = split_finished(select_part(cases, num_parts, part_id), output_dir, overwrite)
+        summary = PredictionSummary(output_dir, skipped=[c.case_id for c in skipped])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self._write_settings(output_dir)
+        try:
+            with _executor(self.num_processes_preprocessing) as preprocessing, \
+                    _executor(self.num_processes_export) as export:
+                self._run_cases(todo, output_dir, save_png, preprocessing, export, summary)
+        except BrokenProcessPool as e:
+            raise ScreenerError("a background worker process died (most likely out of memory); rerun with fewer "
+                                "-npp / -nps workers: finished maps are kept and skipped") from e
+        summary.seconds = time.perf_counter() - start
+        if self.progress:
+            print(summary.report())
+        return summary
+
+    def _run_cases(self, cases: Sequence[InputCase], output_dir: Path, save_png: bool, preprocessing: Executor,
+                   export: Executor, summary: PredictionSummary) -> None:
+        exports: Deque[Tuple[str, Future]] = deque()
+        window_hu = tuple(self.plans.config.preprocessing.clip_hu)
+        for case, preprocessed in tqdm(self._preprocessed_in_order(cases, preprocessing), total=len(cases),
+                                       desc="cases", disable=not self.progress):
+            try:
+                item = preprocessed.result()
+                map_zyx = self.predict_preprocessed(item.data).cpu().numpy()  # the one device-to-host copy
+            except BrokenProcessPool:
+                raise
+            except Exception as e:  # one bad case must not stop the others
+                summary.failed[case.case_id] = _error_message(e)
+                continue
+            exports.append((case.case_id, export.submit(
+                _export_case, map_zyx, np.asarray(item.body_mask, dtype=bool), item.properties, self.plans_manager,
+                self.configuration_manager, output_file(output_dir, case.case_id),
+                case.files[0] if save_png else None, window_hu)))
+            del item, map_zyx
+            while len(exports) > max(1, self.num_processes_export) + 1:  # bound the maps waiting in memory
+                self._collect(exports.popleft(), summary)
+        while exports:
+            self._collect(exports.popleft(), summary)
+
+    def _preprocessed_in_order(self, cases: Sequence[InputCase],
+                               executor: Executor) -> Iterator[Tuple[InputCase, Future]]:
+        """Yields (case, future of its preprocessing), keeping up to ``workers + 1`` cases preprocessing ahead."""
+        ahead = max(1, self.num_processes_preprocessing) + 1
+        pending: Deque[Tuple[InputCase, Future]] = deque()
+        remaining = iter(cases)
+
+        def submit_next() -> None:
+            case = next(remaining, None)
+            if case is not None:
+                pending.append((case, executor.submit(self.preprocess_fn, list(case.files), self.plans)))
+
+        for _ in range(ahead):
+            submit_next()
+        while pending:
+            case, future = pending.popleft()
+            yield case, future
+            submit_next()
+
+    @staticmethod
+    def _collect(export: Tuple[str, Future], summary: PredictionSummary) -> None:
+        case_id, future = export
+        try:
+            future.result()
+        except BrokenProcessPool:
+            raise
+        except Exception as e:
+            summary.failed[case_id] = _error_message(e)
+        else:
+            summary.predicted.append(case_id)
+
+    def _write_settings(self, output_dir: Path) -> None:
+        settings = {
+            "dataset": self.plans.dataset_name,
+            "plans": self.plans.plans_name,
+            "step_size": self.step_size,
+            "blending": self.blending,
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "screener_config": self.plans.config.to_dict(),
+        }
+        (output_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+
+
+def _plans_from(plans_or_config: Union[ScreenerPlans, ScreenerConfig], density_folder: Path) -> ScreenerPlans:
+    """The plans of a loaded model: as returned, or the folder's plans.json / dataset.json with its config."""
+    if isinstance(plans_or_config, ScreenerPlans):
+        return plans_or_config
+    plans = load_plans_file(density_folder / "plans.json", density_folder / "dataset.json")
+    if isinstance(plans_or_config, ScreenerConfig):
+        return replace(plans, config=plans_or_config)
+    raise TypeError(f"load_screener_model returned {type(plans_or_config).__name__}, expected plans or a config")

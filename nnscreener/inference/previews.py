@@ -1,0 +1,74 @@
+"""Overlay previews of an anomaly map: the scan in grey with the map as a semi-transparent heat map.
+
+One axial and one coronal slice per case, both through the map's highest-scoring voxel, drawn with matplotlib's
+Agg canvas (no display, no pyplot state, safe in worker processes).
+
+Axis order: image and map are SimpleITK arrays (z, y, x) of the same shape; spacing is SimpleITK's (x, y, z) in mm.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+OVERLAY_ALPHA = 0.5
+OVERLAY_CMAP = "inferno"
+OVERLAY_TOP_PERCENTILE = 99.5  # the colour scale saturates here so one extreme voxel does not wash out the rest
+
+
+def focus_voxel(map_zyx: np.ndarray) -> Tuple[int, int, int]:
+    """(z, y, x) index of the map's maximum (the first one if tied)."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(map_zyx)), map_zyx.shape))
+
+
+def _draw(image_2d: np.ndarray, map_2d: np.ndarray, aspect: float, origin: str, window_hu: Tuple[float, float],
+          map_range: Tuple[float, float], title: str, path: Path) -> None:
+    fig = Figure(figsize=(6, 6 * min(max(aspect * image_2d.shape[0] / image_2d.shape[1], 0.3), 3.0)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(image_2d, cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect=aspect, origin=origin,
+              interpolation="nearest")
+    # voxels at the map's floor (outside the body, the least anomalous) stay transparent
+    overlay = np.ma.masked_less_equal(map_2d, map_range[0])
+    shown = ax.imshow(overlay, cmap=OVERLAY_CMAP, vmin=map_range[0], vmax=map_range[1], alpha=OVERLAY_ALPHA,
+                      aspect=aspect, origin=origin, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="anomaly score (NLL, nats)")
+    ax.set_title(title)
+    ax.set_axis_off()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Sequence[float],
+                  output_stem: Union[str, Path], window_hu: Tuple[float, float] = (-1000.0, 300.0)) -> List[Path]:
+    """Writes ``{output_stem}_axial.png`` and ``{output_stem}_coronal.png``.
+
+    Args:
+        image_zyx: (z, y, x) scan in HU, as SimpleITK reads it.
+        map_zyx: (z, y, x) anomaly map on the same grid, NLL in nats.
+        spacing_xyz: voxel spacing (x, y, z) in mm, for the aspect ratio.
+        output_stem: path without the ``_axial.png`` / ``_coronal.png`` suffix; its folder is created.
+        window_hu: grey-level window of the scan in HU.
+
+    Returns:
+        The two PNG paths.
+    """
+    if image_zyx.shape != map_zyx.shape or image_zyx.ndim != 3:
+        raise ValueError(f"image {image_zyx.shape} and map {map_zyx.shape} must be the same 3D (z, y, x) shape")
+    output_stem = Path(output_stem)
+    output_stem.parent.mkdir(parents=True, exist_ok=True)
+    sx, sy, sz = (float(s) for s in spacing_xyz)
+    z, y, _ = focus_voxel(map_zyx)
+    low = float(map_zyx.min())
+    high = float(np.percentile(map_zyx, OVERLAY_TOP_PERCENTILE))
+    map_range = (low, high if high > low else low + 1.0)
+    name = output_stem.name
+    axial = output_stem.with_name(f"{name}_axial.png")
+    coronal = output_stem.with_name(f"{name}_coronal.png")
+    # axial: rows y from the top, columns x; coronal: rows z with higher z (usually the head) up
+    _draw(image_zyx[z], map_zyx[z], sy / sx, "upper", window_hu, map_range, f"{name}: axial slice z={z}", axial)
+    _draw(image_zyx[:, y, :], map_zyx[:, y, :], sz / sx, "lower", window_hu, map_range,
+          f"{name}: coronal slice y={y}", coronal)
+    return [axial, coronal]
