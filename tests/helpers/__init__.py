@@ -1,0 +1,1 @@
+"""Test helpers shared across the test suite (fake nnU-Net datasets and the like)."""
