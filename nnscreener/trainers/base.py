@@ -1,0 +1,515 @@
+"""Shared training machinery of every Screener stage (descriptor, condition, density) on top of nnUNetTrainer.
+
+What is reused from nnU-Net as is: ``__init__`` (plans and configuration managers, the log file, the logger, the
+device and DDP rank), ``do_split`` with ``fold='all'``, ``run_training``'s epoch loop, ``on_epoch_start``,
+``on_train_end`` (final checkpoint, dataloader shutdown), ``print_to_log_file``, and ``maybe_load_checkpoint``
+for ``--c``. What differs, and is overridden here:
+
+- **Config and folder.** The resolved :class:`~nnscreener.config.ScreenerConfig` comes from the plans'
+  ``"nnscreener"`` block (the CLI merges its overrides there first: nnU-Net trainers cannot take extra
+  ``__init__`` arguments). Results go to ``nnscreener.paths.stage_folder(...)`` (no ``fold_`` subfolder).
+- **Iterations, not epochs.** One nnU-Net "epoch" is ``log_every`` iterations (one log line and progress point);
+  ``num_epochs = ceil(num_iterations / log_every)``; ``checkpoint_latest.pth`` is written whenever the iteration
+  count crosses a multiple of ``checkpoint_every``. No validation.
+- **Optimization.** AdamW (lr, weight decay, eps from the config), a per-iteration LambdaLR (linear warm-up
+  from 0, then linear decay to 0; chosen over the authors' OneCycleLR, see implementation notes 2.6), gradient
+  clipping, bf16 autocast on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 on CPU.
+- **Checkpoints** additionally hold ``lr_scheduler_state``, ``iteration``, ``screener_config``, ``stage``,
+  ``variant``, every extra module (``<name>_weights``) and :meth:`checkpoint_extras`; ``--c`` restores them.
+  They are written atomically, so a kill during a save never destroys the last good one.
+- **NaN guard.** A non-finite loss or gradient norm raises :class:`NonFiniteLossError` before the optimizer
+  step; nothing is saved afterwards, so the last good checkpoint stays.
+- **Logging.** Every key of :meth:`compute_loss`'s dict is averaged per logging period and added to nnU-Net's
+  logger; ``progress.png`` shows one panel per key prefix (``loss/...``, ``health/...``), the learning rate and
+  the seconds per iteration.
+
+Hooks a stage implements (each raises ``NotImplementedError`` here):
+:meth:`variant_for` (classmethod), :meth:`build_network`, :meth:`build_loader`, :meth:`compute_loss`; and the
+class attributes ``stage`` and ``config_section``. Optional: :meth:`build_extra_modules`,
+:meth:`checkpoint_extras`, :meth:`trainable_parameters`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from time import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.lr_scheduler import LambdaLR
+
+from nnscreener import paths
+from nnscreener.config import ScreenerConfig
+from nnscreener.errors import ScreenerError
+from nnscreener.plans import ScreenerPlans, config_from_plans
+
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+FINAL_CHECKPOINT = "checkpoint_final.pth"
+
+
+class NonFiniteLossError(ScreenerError):
+    """Training produced a NaN / inf loss or gradient; it stopped without saving."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimization settings shared by ``SSLConfig`` and ``DensityConfig`` (iterations, not epochs)."""
+
+    num_iterations: int
+    warmup_iterations: int
+    learning_rate: float
+    weight_decay: float
+    adam_eps: float
+    grad_clip: float
+    checkpoint_every: int
+    log_every: int
+    batch_size: int
+
+    @classmethod
+    def from_section(cls, section: Any, section_name: str) -> "Schedule":
+        """Reads the fields from a config section and checks them (ScreenerError naming ``section_name.field``)."""
+        values = {f: getattr(section, f) for f in cls.__dataclass_fields__}
+        for name in ("num_iterations", "checkpoint_every", "log_every", "batch_size"):
+            if values[name] < 1:
+                raise ScreenerError(f"{section_name}.{name} must be >= 1, got {values[name]}")
+        if values["warmup_iterations"] < 0 or values["learning_rate"] <= 0 or values["grad_clip"] <= 0:
+            raise ScreenerError(f"{section_name}: warmup_iterations must be >= 0, learning_rate and grad_clip > 0 "
+                                f"(got {values['warmup_iterations']}, {values['learning_rate']}, "
+                                f"{values['grad_clip']})")
+        return cls(**values)
+
+
+def warmup_then_linear_decay(warmup_iterations: int, num_iterations: int) -> Callable[[int], float]:
+    """LR factor for update ``s`` (0-based): ``s / warmup`` during warm-up, then linear decay to 0 at the end.
+
+    The factor is 0 at ``s = 0`` (warm-up from 0, as the paper says) and at ``s = num_iterations``.
+    """
+    warmup = max(0, int(warmup_iterations))
+    total = max(1, int(num_iterations))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DDP) else module
+
+
+class ScreenerTrainerBase(nnUNetTrainer):
+    """Base of the Screener stage trainers; see the module docstring for what it changes in nnUNetTrainer.
+
+    Construct it like any nnU-Net trainer: ``Trainer(plans, "3d_fullres", "all", dataset_json, device)``, where
+    ``plans`` is the plans dict whose ``"nnscreener"`` block holds the resolved config.
+    """
+
+    stage: str = ""  # "descriptor" | "condition" | "density": the first part of the result folder's name
+    config_section: str = ""  # "ssl" | "density": the config section holding the Schedule fields
+
+    # ------------------------------------------------------------------ hooks for the stages
+    @classmethod
+    def variant_for(cls, config: ScreenerConfig) -> str:
+        """The result folder's variant for this config, e.g. ``vicreg_d32`` or ``masking_flow``."""
+        raise NotImplementedError(f"{cls.__name__} must implement variant_for")
+
+    def build_network(self) -> nn.Module:
+        """The module saved as ``network_weights`` (on CPU; the base moves it to the device and wraps DDP)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_network")
+
+    def build_extra_modules(self) -> Dict[str, nn.Module]:
+        """Other trained modules, saved as ``<name>_weights`` (e.g. ``{"ssl_head": expander}``). Default none."""
+        return {}
+
+    def build_loader(self, identifiers: List[str], seed: int) -> Iterator[Mapping[str, Any]]:
+        """An endless iterator of training batches (numpy or torch arrays) for this rank.
+
+        Args:
+            identifiers: the preprocessed case ids to sample from.
+            seed: differs per rank and per resume, so resumed runs do not replay batches.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement build_loader")
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The scalar loss of one batch (with graph) and the values to log, keyed ``"<panel>/<name>"``.
+
+        Called inside the autocast context; the base does backward, clipping and the optimizer step.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        """Extra entries for every checkpoint (e.g. ``{"in_channels": 2}``). Default none."""
+        return {}
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """Parameters the optimizer updates: those of the network and the extra modules with requires_grad."""
+        modules = [self.network, *self.extra_modules.values()]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, plans: dict, configuration: str, fold: Union[int, str], dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        assert self.stage in paths.STAGES and self.config_section, "subclasses set stage and config_section"
+        plans.setdefault("continue_training", False)  # nnUNetTrainer pops it (run_training's get_trainer_from_args)
+        self._pending_log: Optional[list] = []  # messages printed before the stage folder exists
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.screener_config = config_from_plans(self.plans_manager.plans)
+        self.schedule = Schedule.from_section(getattr(self.screener_config, self.config_section),
+                                              self.config_section)
+        self._move_to_stage_folder()
+
+        self.initial_lr = self.schedule.learning_rate
+        self.weight_decay = self.schedule.weight_decay
+        self.enable_deep_supervision = False
+        self.num_val_iterations_per_epoch = 0
+        self.num_iterations_per_epoch = self.schedule.log_every
+        self.iteration = 0
+        self.extra_modules: Dict[str, nn.Module] = {}
+        self._sync_epochs_with_iterations()
+
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.grad_scaler = torch.GradScaler("cuda") if self.device.type == "cuda" and not bf16 else None
+
+    @property
+    def variant(self) -> str:
+        return type(self).variant_for(self.screener_config)
+
+    @property
+    def screener_plans(self) -> ScreenerPlans:
+        """The plans as nnScreener's functions take them, with this run's resolved config."""
+        return ScreenerPlans(self.plans_manager.dataset_name, self.plans_manager.plans_name,
+                             self.plans_manager.plans, self.dataset_json, self.screener_config)
+
+    def _move_to_stage_folder(self) -> None:
+        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (contract C10)."""
+        nnunet_folder = Path(self.output_folder)
+        folder = paths.stage_folder(self.plans_manager.dataset_name, self.stage, self.variant,
+                                    self.plans_manager.plans_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.output_folder_base = self.output_folder = str(folder)
+        self.log_file = str(folder / Path(self.log_file).name)
+        for empty in (nnunet_folder, nnunet_folder.parent):  # created by nnUNetTrainer.__init__, left empty
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+        pending, self._pending_log = self._pending_log, None
+        for args, kwargs in pending:
+            self.print_to_log_file(*args, **kwargs)
+
+    def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True) -> None:
+        if getattr(self, "_pending_log", None) is not None:
+            self._pending_log.append((args, {"also_print_to_console": False, "add_timestamp": add_timestamp}))
+            return
+        super().print_to_log_file(*args, also_print_to_console=also_print_to_console, add_timestamp=add_timestamp)
+
+    def _sync_epochs_with_iterations(self) -> None:
+        """nnU-Net loops over epochs: make the remaining epochs cover exactly the remaining iterations."""
+        remaining = max(0, self.schedule.num_iterations - self.iteration)
+        self.num_epochs = self.current_epoch + math.ceil(remaining / self.schedule.log_every)
+
+    # ------------------------------------------------------------------ nnU-Net overrides
+    def initialize(self) -> None:
+        if self.was_initialized:
+            raise RuntimeError("initialize() called twice")
+        self.batch_size = self._per_rank_batch_size()
+        self.network = self.build_network().to(self.device)
+        self.extra_modules = {k: m.to(self.device) for k, m in self.build_extra_modules().items()}
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        if self.is_ddp:
+            self.network = DDP(self.network, device_ids=[self.local_rank])
+            self.extra_modules = {k: DDP(m, device_ids=[self.local_rank]) for k, m in self.extra_modules.items()}
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+        self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.was_initialized = True
+
+    def _per_rank_batch_size(self) -> int:
+        """The config's batch size split evenly over DDP ranks (cross-rank gathering needs equal sizes)."""
+        batch = self.schedule.batch_size
+        if not self.is_ddp:
+            return batch
+        world = dist.get_world_size()
+        if batch % world:
+            raise ScreenerError(f"{self.config_section}.batch_size={batch} must be divisible by the number of "
+                                f"GPUs ({world}); set it with --set {self.config_section}.batch_size=N")
+        return batch // world
+
+    def configure_optimizers(self):
+        s = self.schedule
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=s.learning_rate, weight_decay=s.weight_decay,
+                                      eps=s.adam_eps)
+        return optimizer, LambdaLR(optimizer, warmup_then_linear_decay(s.warmup_iterations, s.num_iterations))
+
+    def get_dataloaders(self):
+        identifiers, _ = self.do_split()
+        seed = 12345 + 1_000_003 * self.local_rank + self.iteration
+        return self.build_loader(list(identifiers), seed), None
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """No deep supervision in Screener stages (the dense head consumes every level itself)."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """Screener stages have no segmentation validation; evaluation is ``nnScreener_evaluate``."""
+
+    def on_train_start(self) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        self.dataloader_train, self.dataloader_val = self.get_dataloaders()
+        if self.local_rank == 0:
+            self._write_run_files()
+        self.print_to_log_file(f"{self.stage} training ({self.variant}): {self.schedule.num_iterations} iterations, "
+                               f"batch {self.schedule.batch_size} ({self.batch_size} per rank), device "
+                               f"{self.device}, resuming at iteration {self.iteration}")
+        self.print_to_log_file("config:", self.screener_config.to_json(), add_timestamp=False,
+                               also_print_to_console=False)
+        if self.is_ddp:
+            dist.barrier()
+
+    def _write_run_files(self) -> None:
+        """plans.json, dataset.json (nnU-Net's names) and config.json in the stage folder."""
+        folder = Path(self.output_folder)
+        (folder / "plans.json").write_text(json.dumps(self.plans_manager.plans, indent=2))
+        (folder / "dataset.json").write_text(json.dumps(self.dataset_json, indent=2))
+        (folder / "config.json").write_text(self.screener_config.to_json())
+        fingerprint = Path(self.preprocessed_dataset_folder_base) / "dataset_fingerprint.json"
+        if fingerprint.is_file():
+            shutil.copyfile(fingerprint, folder / "dataset_fingerprint.json")
+
+    def on_train_epoch_start(self) -> None:
+        self.network.train()
+        for module in self.extra_modules.values():
+            module.train()
+        self.num_iterations_per_epoch = max(0, min(self.schedule.log_every,
+                                                   self.schedule.num_iterations - self.iteration))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: Mapping[str, Any]) -> Dict[str, float]:
+        """One optimizer update: loss, NaN guard, backward, clipping, AdamW step, LR schedule step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss, logged = self.compute_loss(batch)
+        self._stop_unless_finite(loss.detach(), "loss", logged)
+        params = self.trainable_parameters()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.schedule.grad_clip)
+            self.grad_scaler.step(self.optimizer)  # skips steps with inf gradients (fp16 overflow)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.schedule.grad_clip)
+            self._stop_unless_finite(grad_norm.detach(), "gradient norm", logged)
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.iteration += 1
+        return {"loss": float(loss.detach()), **logged}
+
+    def _stop_unless_finite(self, value: torch.Tensor, what: str, logged: Mapping[str, float]) -> None:
+        """Raises NonFiniteLossError on every rank if ``value`` is NaN/inf on any rank."""
+        finite = torch.isfinite(value).all().to(torch.int32).reshape(1)
+        if self.is_ddp:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite.item()):
+            return
+        latest = Path(self.output_folder) / LATEST_CHECKPOINT
+        last_good = f"{latest}" if latest.is_file() else "none yet (no checkpoint was written)"
+        raise NonFiniteLossError(
+            f"non-finite {what} ({float(value.float().flatten()[0])}) at iteration {self.iteration + 1} of the "
+            f"{self.stage} stage (logged terms: {dict(logged)}). Training stopped without saving; last good "
+            f"checkpoint: {last_good}. Resume with --c, e.g. with a lower {self.config_section}.learning_rate "
+            f"(--set {self.config_section}.learning_rate=...)."
+        )
+
+    def on_train_epoch_end(self, train_outputs: List[Dict[str, float]]) -> None:
+        if not train_outputs:
+            return
+        keys = list(train_outputs[0])
+        means = torch.tensor([np.mean([o[k] for o in train_outputs]) for k in keys], dtype=torch.float64,
+                             device=self.device)
+        if self.is_ddp:
+            dist.all_reduce(means)
+            means /= dist.get_world_size()
+        for key, value in zip(keys, means.tolist()):
+            self._log(key if key != "loss" else "train_losses", value)
+        self._log("lrs", self.optimizer.param_groups[0]["lr"])  # the LR reached at the end of the period
+        self._log("iterations", self.iteration)
+
+    def _log(self, key: str, value: float) -> None:
+        """Logs one value for this period, adding ``key`` to nnU-Net's (fixed-key) local logger if new."""
+        self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+        self.logger.log(key, value, self.current_epoch)
+
+    def on_validation_epoch_start(self) -> None:
+        """No validation (num_val_iterations_per_epoch = 0)."""
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]) -> None:
+        """No validation (num_val_iterations_per_epoch = 0)."""
+
+    def on_epoch_end(self) -> None:
+        self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
+        logging = self.logger.local_logger.my_fantastic_logging
+        done_before = logging.get("iterations", [])[-2:-1]
+        iterations_done = self.iteration - (int(done_before[0]) if done_before else 0)
+        seconds = logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][-1]
+        self._log("time/seconds_per_iteration", seconds / max(1, iterations_done))
+        self.print_to_log_file(self._progress_line(logging))
+        crossed = self.iteration // self.schedule.checkpoint_every > \
+            (self.iteration - iterations_done) // self.schedule.checkpoint_every
+        if crossed and self.iteration < self.schedule.num_iterations:
+            self.save_checkpoint(str(Path(self.output_folder) / LATEST_CHECKPOINT))
+        if self.local_rank == 0:
+            plot_progress(logging, Path(self.output_folder) / "progress.png", title=f"{self.stage} {self.variant}")
+        self.current_epoch += 1
+
+    def _progress_line(self, logging: Mapping[str, list]) -> str:
+        skip = {"iterations", "epoch_start_timestamps", "epoch_end_timestamps", "mean_fg_dice", "ema_fg_dice",
+                "dice_per_class_or_region", "val_losses", "lrs"}
+        parts = [f"iteration {self.iteration}/{self.schedule.num_iterations}",
+                 f"lr {self.optimizer.param_groups[0]['lr']:.3g}"]
+        parts += [f"{k.replace('train_losses', 'loss')} {v[-1]:.4g}" for k, v in logging.items()
+                  if k not in skip and v]
+        return " | ".join(parts)
+
+    def run_training(self) -> None:
+        """nnU-Net's loop; if it stops on an error (e.g. the NaN guard), the loader's workers are shut down."""
+        try:
+            super().run_training()
+        except BaseException:
+            self._close_loader()
+            raise
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self._close_loader()
+
+    def _close_loader(self) -> None:
+        """Stops background loader workers (batchgenerators augmenters have ``_finish``)."""
+        for name in ("_finish", "close"):
+            stop = getattr(self.dataloader_train, name, None)
+            if callable(stop):
+                stop()
+                return
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint keys plus the scheduler, iteration, config and extra modules; written atomically."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": _unwrap(self.network).state_dict(),
+            **{f"{name}_weights": _unwrap(m).state_dict() for name, m in self.extra_modules.items()},
+            "optimizer_state": self.optimizer.state_dict(),
+            "lr_scheduler_state": self.lr_scheduler.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": None,
+            "current_epoch": self.current_epoch + 1,
+            "iteration": self.iteration,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": type(self).__name__,
+            "inference_allowed_mirroring_axes": None,
+            "stage": self.stage,
+            "variant": self.variant,
+            "screener_config": self.screener_config.to_dict(),
+            **self.checkpoint_extras(),
+        }
+        tmp = f"{filename}.tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        """Restores network, extra modules, optimizer, scheduler, scaler, logger, epoch and iteration."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if not isinstance(checkpoint, dict):
+            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        source = "checkpoint" if isinstance(filename_or_checkpoint, dict) else str(filename_or_checkpoint)
+        self._check_compatible(checkpoint, source)
+        _unwrap(self.network).load_state_dict(_strip_module_prefix(checkpoint["network_weights"]))
+        for name, module in self.extra_modules.items():
+            _unwrap(module).load_state_dict(_strip_module_prefix(checkpoint[f"{name}_weights"]))
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = int(checkpoint["current_epoch"])
+        self.iteration = int(checkpoint["iteration"])
+        self._sync_epochs_with_iterations()
+        self.print_to_log_file(f"resumed from {source} at iteration {self.iteration}")
+
+    def _check_compatible(self, checkpoint: Mapping[str, Any], source: str) -> None:
+        """The checkpoint must come from this stage with the same network config."""
+        missing = [k for k in ("screener_config", "iteration", "lr_scheduler_state") if k not in checkpoint]
+        if missing:
+            raise ScreenerError(f"{source} is not an nnScreener checkpoint (missing {missing})")
+        saved = ScreenerConfig.from_dict(checkpoint["screener_config"])
+        if checkpoint.get("stage") != self.stage or saved.network != self.screener_config.network:
+            raise ScreenerError(
+                f"{source} was trained as stage {checkpoint.get('stage')!r} with network {saved.network}; this run is "
+                f"{self.stage!r} with {self.screener_config.network}. Resume with the same settings or --overwrite."
+            )
+
+
+def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """State dicts saved from a DDP-wrapped module carry a ``module.`` prefix."""
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def plot_progress(logging: Mapping[str, list], output_file: Path, title: str = "") -> None:
+    """Writes progress.png: one panel per logged key prefix (``loss/``, ``health/``...), the LR and s/iteration.
+
+    Args:
+        logging: nnU-Net's local-logger dict (one value per logging period); ``iterations`` gives the x axis.
+        output_file: the png path.
+    """
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    iterations = list(logging.get("iterations", []))
+    if not iterations:
+        return
+    panels: Dict[str, Dict[str, list]] = {"total loss": {"loss": logging.get("train_losses", [])}}
+    for key, values in logging.items():
+        if "/" in key and values:
+            panels.setdefault(key.split("/", 1)[0], {})[key.split("/", 1)[1]] = values
+    panels["learning rate"] = {"lr": logging.get("lrs", [])}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for ax, (panel, series) in zip(axes[:, 0], panels.items()):
+        for name, values in series.items():
+            n = min(len(values), len(iterations))
+            if n:
+                ax.plot(iterations[:n], values[:n], label=name, marker="." if n < 20 else None)
+        ax.set_ylabel(panel)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(output_file)
+    plt.close(fig)
