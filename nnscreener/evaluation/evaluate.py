@@ -185,6 +185,10 @@ def evaluate_folder(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[
         "n_positive_voxels": int(pooled["positive_scores"].size),
         "n_regions": pool.n_regions,
         "n_negative_voxels": int(pooled["negative_scores"].size),
+        # the maps' mean score on normal tissue and in lesions: for NLL maps, the held-out NLL (nats) of normal
+        # and of lesion tissue
+        "mean_normal_score": float(np.mean(pooled["negative_scores"])),
+        "mean_lesion_score": float(np.mean(pooled["positive_scores"])),
         **compute_metrics(pooled["positive_scores"], pooled["region_ids"], pooled["negative_scores"], max_fpr),
     }
     return {

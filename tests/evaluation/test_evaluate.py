@@ -77,6 +77,11 @@ def test_pooled_metrics_equal_exact_metrics_when_all_negatives_are_taken(tmp_pat
     exact = _exact_metrics(cases)
     for name, value in exact.items():
         assert summary["dataset"][name] == pytest.approx(value, abs=1e-9)
+    lesion = {c: case["labels"] > 0 for c, case in cases.items()}
+    normal = np.concatenate([case["map"][case["body"] & ~lesion[c]] for c, case in cases.items()])
+    in_lesions = np.concatenate([case["map"][lesion[c]] for c, case in cases.items()])
+    assert summary["dataset"]["mean_normal_score"] == pytest.approx(float(normal.mean()), rel=1e-6)
+    assert summary["dataset"]["mean_lesion_score"] == pytest.approx(float(in_lesions.mean()), rel=1e-6)
     assert 0.6 < summary["dataset"]["auroc"] < 1.0  # signal, not a degenerate fixture
     assert summary["dataset"]["n_regions"] == 4  # a: block + corner pair, b: block + single voxel
     for kind, value in ((1, "nodule"), (2, "bone")):
