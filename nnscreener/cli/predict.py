@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset)")
     parser.add_argument("--condition", default="masking", choices=CONDITIONS, help="condition of the density model")
     parser.add_argument("--density", default="flow", choices=DENSITIES, help="density model")
+    parser.add_argument("--descriptor_variant", default="",
+                        help="the density model was trained on this non-default descriptor variant (as given to "
+                             "nnScreener_train --descriptor_variant)")
+    parser.add_argument("--condition_variant", default="",
+                        help="the density model was trained on this non-default condition variant")
     parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
                         help="checkpoint file in the density result folder (default checkpoint_final.pth)")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda"),
@@ -50,9 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def density_folder(dataset: str, condition: str, density: str, plans_name: str) -> Path:
+def density_folder(dataset: str, condition: str, density: str, plans_name: str, descriptor_variant: str = "",
+                   condition_variant: str = "") -> Path:
     """The density result folder of this variant; raises ScreenerError naming it (and the trained ones) if absent."""
-    folder = paths.stage_folder(dataset, "density", paths.density_variant(condition, density), plans_name)
+    variant = paths.density_variant(condition, density, descriptor_variant,
+                                    condition_variant if condition == "masking" else "")
+    folder = paths.stage_folder(dataset, "density", variant, plans_name)
     if not folder.is_dir():
         trained = sorted(p.name for p in folder.parent.glob("density__*") if p.is_dir())
         raise ScreenerError(f"no trained model {folder} (density stage, --condition {condition} --density {density}, "
@@ -78,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from nnscreener.inference.predictor import ScreenerPredictor
 
         predictor = ScreenerPredictor.from_density_folder(
-            density_folder(args.d, args.condition, args.density, args.p), resolve_device(args.device), args.chk,
+            density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
+                           args.condition_variant), resolve_device(args.device), args.chk,
             step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
             num_processes_export=args.nps)
         summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", dest="plans", default=paths.DEFAULT_PLANS,
                    help=f"plans name in nnUNet_preprocessed (default {paths.DEFAULT_PLANS}; the cpu preset's plans "
                         f"are {paths.DEFAULT_PLANS}_cpu)")
-    p.add_argument("-device", choices=("cuda", "cpu"), default="cuda", help="device (default cuda)")
+    p.add_argument("-device", choices=("cuda", "cpu"), default=None,
+                   help="device (default: cuda when available, else cpu)")
     p.add_argument("-num_gpus", type=int, default=1, help="GPUs for DDP training (CUDA only; default 1)")
     p.add_argument("--c", action="store_true", help="continue from the latest (or final) checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -134,6 +135,8 @@ def _run_ddp(rank: int, cls: Type, plans_dict: Dict[str, Any], dataset_json: Dic
 
 def train(args: argparse.Namespace) -> Optional[Path]:
     """Runs ``nnScreener_train`` for parsed arguments; returns the stage folder."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ScreenerError("-device cuda was requested but CUDA is not available; use -device cpu")
     if args.num_gpus < 1 or (args.num_gpus > 1 and args.device != "cuda"):

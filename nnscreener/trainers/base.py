@@ -246,6 +246,15 @@ class ScreenerTrainerBase(nnUNetTrainer):
                                 f"GPUs ({world}); set it with --set {self.config_section}.batch_size=N")
         return batch // world
 
+    def num_loader_workers(self) -> int:
+        """Background loader processes: nnU-Net's ``nnUNet_n_proc_DA`` rule on a GPU; on a CPU one process, which
+        already outpaces the step (benchmarks/train_step.py) without taking cores from the network."""
+        if self.device.type == "cuda":
+            from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+            return get_allowed_n_proc_DA()
+        return 1
+
     def configure_optimizers(self):
         s = self.schedule
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=s.learning_rate, weight_decay=s.weight_decay,

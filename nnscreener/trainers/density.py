@@ -85,12 +85,10 @@ class DensityTrainer(ScreenerTrainerBase):
         return {"embedding_dims": dict(self.embedding_dims)}
 
     def build_loader(self, identifiers: List[str], seed: int):
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
         from nnscreener.data.loaders import make_density_loader
 
         plans = self.screener_plans.with_overrides({"density": {"batch_size": self.batch_size}})  # per DDP rank
-        return make_density_loader(plans, identifiers, num_workers=get_allowed_n_proc_DA(), seed=seed,
+        return make_density_loader(plans, identifiers, num_workers=self.num_loader_workers(), seed=seed,
                                    pin_memory=self.device.type == "cuda")
 
     def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:

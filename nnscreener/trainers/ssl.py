@@ -86,10 +86,8 @@ class SSLTrainerBase(ScreenerTrainerBase):
 
     def build_loader(self, identifiers: List[str], seed: int):
         from nnscreener.data.loaders import make_ssl_loader
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
         plans = self.screener_plans.with_overrides({"ssl": {"batch_size": self.batch_size}})  # per DDP rank
-        return make_ssl_loader(plans, identifiers, masking=self.masking, num_workers=get_allowed_n_proc_DA(),
+        return make_ssl_loader(plans, identifiers, masking=self.masking, num_workers=self.num_loader_workers(),
                                seed=seed, pin_memory=self.device.type == "cuda")
 
     def network_input(self, view: Tensor, mask: Tensor) -> Tensor:
