@@ -196,7 +196,7 @@ def cpu_config() -> ScreenerConfig:
         preprocessing=PreprocessingConfig(spacing_xyz=(3.0, 3.0, 4.5)),
         network=NetworkConfig(
             patch_size_xyz=(48, 48, 32),
-            base_num_features=16,
+            base_num_features=8,
             max_num_features=64,
             embedding_dim=32,
         ),

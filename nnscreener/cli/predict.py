@@ -96,3 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

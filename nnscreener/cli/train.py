@@ -67,9 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings the plans fix (the preprocessed data and the planned UNet depend on them): changing them needs new plans.
+PLANNED_FIELDS = {"preprocessing": None, "network": ("patch_size_xyz", "base_num_features", "max_num_features")}
+
+
+def reject_planned_fields(overrides: Dict[str, Any]) -> None:
+    """Raises ScreenerError for ``--set`` overrides of settings that only planning can change."""
+    for section, fields in PLANNED_FIELDS.items():
+        names = [f for f in overrides.get(section, {}) if fields is None or f in fields]
+        if names:
+            keys = ", ".join(f"{section}.{f}" for f in names)
+            raise ScreenerError(
+                f"{keys} is fixed by the plans (the preprocessed data and the UNet were planned with it); plan "
+                f"anew under another name and train on those plans: nnScreener_plan_and_preprocess -d DATASET "
+                f"--preset PRESET --set {section}.{names[0]}=... -p NEW_PLANS, then nnScreener_train ... -p NEW_PLANS")
+
+
 def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The nested config overrides of the command line: ``--set`` first, then the named flags."""
     overrides = parse_set_overrides(args.overrides)
+    reject_planned_fields(overrides)
     section = "density" if args.stage == "density" else "ssl"
     named = {
         (section, "num_iterations"): args.num_iterations,

@@ -122,6 +122,8 @@ def test_refuses_to_overwrite_an_existing_run(dataset, capsys):
     (["990", "descriptor", "-p", "nnScreenerPlans_missing", "-device", "cpu"], "no plans 'nnScreenerPlans_missing'"),
     (["990", "descriptor", "-device", "cpu", "-num_gpus", "2"] + TINY, "-num_gpus 2"),
     (["990", "descriptor", "--set", "ssl.no_such_field=1"] + TINY, "unknown config key 'no_such_field'"),
+    (["990", "descriptor", "--set", "network.base_num_features=32"] + TINY, "network.base_num_features is fixed"),
+    (["990", "condition", "--set", "preprocessing.use_clahe=false"] + TINY, "preprocessing.use_clahe is fixed"),
 ])
 def test_user_errors_are_one_line(dataset, capsys, argv, message):
     assert main(argv) == 1
