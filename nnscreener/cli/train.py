@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Settings the plans fix (the preprocessed data and the planned UNet depend on them): changing them needs new plans.
-PLANNED_FIELDS = {"preprocessing": None, "network": ("patch_size_xyz", "base_num_features", "max_num_features")}
+# The patch size is not among them: the UNet is fully convolutional, so any patch divisible by its total stride works.
+PLANNED_FIELDS = {"preprocessing": None, "network": ("base_num_features", "max_num_features")}
 
 
 def reject_planned_fields(overrides: Dict[str, Any]) -> None:
