@@ -57,6 +57,19 @@ def _chunk_axes(geometry: VolumeGeometry, k0: int, k1: int) -> Tuple[np.ndarray,
 Slices = Tuple[slice, slice, slice]
 
 
+def box_slices(geometry: VolumeGeometry, k0: int, k1: int, lo: np.ndarray, hi: np.ndarray) -> Optional[Slices]:
+    """(z, y, x) index slices, relative to slice k0, of the voxels inside the world box [lo, hi] (x, y, z, mm);
+    None when the box misses slices k0..k1-1."""
+    out = []
+    for axis, a0, a1 in (("z", k0, k1), ("y", 0, None), ("x", 0, None)):
+        coords = geometry.axis_mm(axis, a0, a1)
+        k = "xyz".index(axis)
+        i0, i1 = int(np.searchsorted(coords, lo[k])), int(np.searchsorted(coords, hi[k], side="right"))
+        if i1 <= i0:
+            return None
+        out.append(slice(i0, i1))
+    return tuple(out)
+
 def tube_fraction(tubes: Tubes, geometry: VolumeGeometry, k0: int, k1: int) -> Optional[Tuple[np.ndarray, Slices]]:
     """Fraction (0..1) of each voxel of slices ``k0..k1-1`` covered by ``tubes``, within the tubes' bounding box.
 
@@ -74,14 +87,9 @@ def tube_fraction(tubes: Tubes, geometry: VolumeGeometry, k0: int, k1: int) -> O
     reach = tubes.radius[:, None] + 2.0 * spacing_xyz
     lo = (np.minimum(tubes.start, tubes.end) - reach).min(axis=0)
     hi = (np.maximum(tubes.start, tubes.end) + reach).max(axis=0)
-    slices = []
-    for axis, a0, a1 in (("z", k0, k1), ("y", 0, None), ("x", 0, None)):
-        coords = geometry.axis_mm(axis, a0, a1)
-        k = "xyz".index(axis)
-        i0, i1 = int(np.searchsorted(coords, lo[k])), int(np.searchsorted(coords, hi[k], side="right"))
-        if i1 <= i0:
-            return None
-        slices.append(slice(i0, i1))
+    slices = box_slices(geometry, k0, k1, lo, hi)
+    if slices is None:
+        return None
     sz, sy, sx = slices
     first_z = geometry.axis_mm("z", k0 + sz.start, k0 + sz.start + 1)[0]
     origin = (float(geometry.axis_mm("x")[sx.start]), float(geometry.axis_mm("y")[sy.start]), float(first_z))

@@ -17,7 +17,7 @@ from dataset_conversion.synthetic.body import profile
 from dataset_conversion.synthetic.lesions import Lesion
 from dataset_conversion.synthetic.noise import blur_halo, correlated_noise, partial_volume_blur
 from dataset_conversion.synthetic.patient import Acquisition, Patient, VolumeGeometry
-from dataset_conversion.synthetic.raster import Slices, SmoothField, tube_fraction
+from dataset_conversion.synthetic.raster import Slices, SmoothField, box_slices, tube_fraction
 from dataset_conversion.synthetic.tissues import Tissue
 from dataset_conversion.synthetic.tubes import TubeFamily
 
@@ -54,19 +54,6 @@ def grid_axes(geometry: VolumeGeometry, k0: int, k1: int) -> Tuple[np.ndarray, n
             geometry.axis_mm("x")[None, None, :])
 
 
-def _box_slices(geometry: VolumeGeometry, k0: int, k1: int, lo: np.ndarray, hi: np.ndarray) -> Optional[Slices]:
-    """(z, y, x) index slices, relative to slice k0, of the voxels inside the world box [lo, hi] (x, y, z)."""
-    out = []
-    for axis, a0, a1 in (("z", k0, k1), ("y", 0, None), ("x", 0, None)):
-        coords = geometry.axis_mm(axis, a0, a1)
-        k = "xyz".index(axis)
-        i0, i1 = int(np.searchsorted(coords, lo[k])), int(np.searchsorted(coords, hi[k], side="right"))
-        if i1 <= i0:
-            return None
-        out.append(slice(i0, i1))
-    return tuple(out)
-
-
 def lesion_region(lesion: Lesion, geometry: VolumeGeometry, k0: int, k1: int) -> Optional[Slices]:
     """Index slices (relative to k0) of the part of slices k0..k1-1 that may hold ``lesion``; None if none."""
     box = lesion.bbox_xyz()
@@ -74,7 +61,7 @@ def lesion_region(lesion: Lesion, geometry: VolumeGeometry, k0: int, k1: int) ->
         z_lo, z_hi = lesion.z_range()
         big = 1e9
         box = (np.array([-big, -big, z_lo]), np.array([big, big, z_hi]))
-    return _box_slices(geometry, k0, k1, *box)
+    return box_slices(geometry, k0, k1, *box)
 
 
 def lesion_voxels_in_anatomy(lesion: Lesion, patient: Patient, geometry: VolumeGeometry) -> int:
