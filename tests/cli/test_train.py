@@ -133,8 +133,25 @@ def test_user_errors_are_one_line(dataset, capsys, argv, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_gpu_is_a_clear_error(dataset, capsys):
-    assert main(["990", "descriptor", "-p", "nnScreenerPlans_cpu"]) == 1
+    assert main(["990", "descriptor", "-p", "nnScreenerPlans_cpu", "-device", "cuda"]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_device_defaults_to_cuda_only_when_available(monkeypatch):
+    from nnscreener.cli.train import build_parser, train
+
+    seen = {}
+
+    def stop_after_device_choice(dataset, plans_name):
+        seen["device"] = args.device
+        raise ScreenerError("stop here")
+
+    monkeypatch.setattr("nnscreener.cli.train.load_plans", stop_after_device_choice)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = build_parser().parse_args(["990", "descriptor"])
+    with pytest.raises(ScreenerError, match="stop here"):
+        train(args)
+    assert seen["device"] == "cpu"
 
 
 def test_prepare_stage_folder_ignores_fresh_folders(tmp_path):
