@@ -31,7 +31,8 @@ def test_cpu_preset_plans_in_nnunet_format(nnunet_env):
     assert conf["batch_size"] == cfg.ssl.batch_size
     assert conf["median_image_size_in_voxels"] == [11.0, 20.0, 20.0]  # 20x40x40 phantoms at 2.5/1.5 mm -> cpu spacing
     arch = conf["architecture"]["arch_kwargs"]
-    assert arch["features_per_stage"] == [16, 32, 64, 64]
+    n = cfg.network
+    assert arch["features_per_stage"] == [min(n.base_num_features * 2 ** i, n.max_num_features) for i in range(4)]
     assert arch["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
     assert plans["transpose_forward"] == plans["transpose_backward"] == [0, 1, 2]
     assert plans["plans_name"] == "nnScreenerPlans_cpu"

@@ -22,7 +22,7 @@ from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 DATASET_ID = 992
 # patch (x, y, z) 16x16x8 -> pooled by (3, 3, 2) to 5x5x4; log and checkpoint every 3 of 6 iterations
 TINY = ["network.patch_size_xyz=16,16,8", "density.batch_size=2", "density.num_iterations=6",
-        "density.warmup_iterations=1", "density.learning_rate=1e-2", "density.log_every=3",
+        "density.warmup_iterations=1", "density.learning_rate=3e-3", "density.log_every=3",
         "density.checkpoint_every=3", "density.flow_blocks=2", "density.flow_hidden=16",
         "density.gaussian_hidden=8", "density.sincos_dim=12"]
 
