@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers.fake_dataset import make_fake_preprocessed_dataset
+from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 from nnscreener.cli.train import main, prepare_stage_folder
 from nnscreener.errors import ScreenerError
 from nnscreener.networks.dense_net import load_dense_net

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.ndimage import zoom
 
-from helpers.fake_dataset import make_fake_preprocessed_dataset
+from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 from nnscreener.errors import ScreenerError
 from nnscreener.networks.dense_net import build_dense_net, features_at, load_dense_net
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.fake_dataset import make_fake_preprocessed_dataset
+from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 from nnscreener.cli.train import resolved_plans_dict
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.errors import ScreenerError
