@@ -109,6 +109,8 @@ CONFIGS: Dict[str, ConfigSpec] = {
     "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false)", plan_set=("preprocessing.use_clahe=false",)),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
+    "ssl_lr_3e-3": ConfigSpec("SSL learning rate 3e-3 (preset 1e-3) for descriptor and condition; density as preset",
+                              train_args=("--set", "ssl.learning_rate=3e-3")),
 }
 
 
