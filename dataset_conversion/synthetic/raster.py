@@ -70,6 +70,7 @@ def box_slices(geometry: VolumeGeometry, k0: int, k1: int, lo: np.ndarray, hi: n
         out.append(slice(i0, i1))
     return tuple(out)
 
+
 def tube_fraction(tubes: Tubes, geometry: VolumeGeometry, k0: int, k1: int) -> Optional[Tuple[np.ndarray, Slices]]:
     """Fraction (0..1) of each voxel of slices ``k0..k1-1`` covered by ``tubes``, within the tubes' bounding box.
 

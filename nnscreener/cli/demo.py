@@ -20,13 +20,14 @@ from typing import Callable, List, Optional, Sequence
 from nnscreener.errors import ScreenerError
 
 DEMO_DATASET_ID = 500
+DEMO_PRESET = "cpu"
 DEMO_PLANS = "nnScreenerPlans_cpu"
 DEFAULT_MINUTES = 20.0
-# Training iterations per stage at the default budget. Measured on 2 CPU cores (benchmarks/RESULTS.md): 200 / 200 /
-# 300 took 23 min while a benchmark shared the cores (SSL ~2.2 s, density ~0.9 s per iteration; the other steps
-# ~4 min), so the default is 10-20% lower to stay within DEFAULT_MINUTES.
+# Training iterations per stage at the default budget. Measured on 2 CPU cores (benchmarks/RESULTS.md): 180 / 180 /
+# 240 took 17.8 min on a quiet machine (SSL ~1.9-2.0 s, density ~0.65 s per iteration); 200 / 200 / 300 took 23 min
+# while a benchmark shared the cores, so the default leaves that much room within DEFAULT_MINUTES.
 BASE_ITERATIONS = {"descriptor": 180, "condition": 180, "density": 240}
-FIXED_MINUTES = 5.0  # generation, preprocessing, prediction, floors, evaluation: 4 min measured on 2 busy cores
+FIXED_MINUTES = 5.0  # generation, preprocessing, prediction, floors, evaluation: 3.3 min quiet, 4 min on busy cores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +95,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     from nnscreener.cli import plan_and_preprocess as plan_cli
     from nnscreener.cli import predict as predict_cli
     from nnscreener.cli import train as train_cli
+    from nnscreener.config import get_preset
     from nnscreener.evaluation.floors import write_floor_maps
     from nnscreener.evaluation.report import format_results_table
 
@@ -125,7 +127,7 @@ def run_demo(args: argparse.Namespace) -> Path:
         print(f"reusing the plans and preprocessed data of {plans_json.parent}")
     else:
         _step("planning and preprocessing (cpu preset)",
-              lambda: _run_cli(plan_cli.main, ["-d", d, "--preset", "cpu", "-np", str(args.num_processes)]))
+              lambda: _run_cli(plan_cli.main, ["-d", d, "--preset", DEMO_PRESET, "-np", str(args.num_processes)]))
 
     def train(stage: str, extra: Sequence[str], variant: str) -> None:
         folder = paths.stage_folder(d, stage, variant, DEMO_PLANS)
@@ -138,8 +140,10 @@ def run_demo(args: argparse.Namespace) -> Path:
             argv.append("--c")
         _step(f"training the {stage} model ({iterations[stage]} iterations)", lambda: _run_cli(train_cli.main, argv))
 
-    train("descriptor", [], paths.ssl_variant("vicreg", 32))
-    train("condition", [], paths.ssl_variant("vicreg", 32))
+    preset = get_preset(DEMO_PRESET)  # the variant folder nnScreener_train writes for this preset
+    ssl_variant = paths.ssl_variant(preset.ssl.objective, preset.network.embedding_dim)
+    train("descriptor", [], ssl_variant)
+    train("condition", [], ssl_variant)
     train("density", ["--condition", "masking", "--density", "flow"], paths.density_variant("masking", "flow"))
 
     images_ts, labels_ts = raw_dir / "imagesTs", raw_dir / "labelsTs"
