@@ -1,6 +1,6 @@
 """Benchmark: nnScreener preprocessing against nnU-Net's own ``DefaultPreprocessor`` on the same CT scans.
 
-The scans are synthetic CTs of clinical size from ``dataset_conversion.synthetic_ct`` (``--size full``: 512 x 512
+The scans are synthetic CTs of clinical size from ``nnscreener.synthetic.generator`` (``--size full``: 512 x 512
 in plane, 0.6-1.0 mm, 1-5 mm slices), planned and preprocessed once with ``nnScreener_plan_and_preprocess``'s
 function in a throw-away set of nnU-Net folders. Then, each in a fresh process, one case after the other
 (image file in, preprocessed arrays out, as a training case with its label):
@@ -46,7 +46,7 @@ def _set_env(root: Path) -> None:
 
 def prepare(root: Path, args: argparse.Namespace) -> Dict[str, Any]:
     """Generates the scans, runs nnScreener planning + preprocessing and nnU-Net's own planner; returns the jobs."""
-    from dataset_conversion.synthetic_ct import generate_dataset
+    from nnscreener.synthetic.generator import generate_dataset
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     from nnscreener.cli.plan_and_preprocess import plan_and_preprocess

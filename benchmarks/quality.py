@@ -334,7 +334,7 @@ class QualityBenchmark:
         elif self.demo_dir is not None:
             raise SystemExit(f"--reuse_demo: no Dataset{self.args.dataset_id:03d}_* in {self.raw_root}")
         else:
-            from dataset_conversion.synthetic_ct import generate_dataset
+            from nnscreener.synthetic.generator import generate_dataset
 
             self.raw_root.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()

@@ -89,7 +89,7 @@ def _run_cli(main: Callable[[Optional[List[str]]], Optional[int]], argv: Sequenc
 
 
 def run_demo(args: argparse.Namespace) -> Path:
-    from dataset_conversion.synthetic_ct import generate_dataset
+    from nnscreener.synthetic.generator import generate_dataset
     from nnscreener import paths
     from nnscreener.cli import evaluate as evaluate_cli
     from nnscreener.cli import plan_and_preprocess as plan_cli

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        from dataset_conversion.synthetic_ct import generate_dataset
+        from nnscreener.synthetic.generator import generate_dataset
         from nnscreener.paths import raw_root
 
         start = time.perf_counter()

@@ -29,7 +29,7 @@ def _error_line(capsys) -> str:
 def _synthetic_raw_dataset(env) -> Path:
     """Two training and one test case of the built-in synthetic CT (cpu size), plus a phantom training case
     smaller than the cpu patch."""
-    from dataset_conversion.synthetic_ct import generate_dataset
+    from nnscreener.synthetic.generator import generate_dataset
 
     raw = generate_dataset(Path(env["nnUNet_raw"]), 500, n_train=2, n_test=1, size="cpu", seed=0,
                            num_processes=1, progress=False)

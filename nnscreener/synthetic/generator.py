@@ -5,14 +5,14 @@ airways; heart, mediastinum, aorta and caval veins; spine with vertebrae and dis
 vessels, gallbladder, spleen, stomach, kidneys with cortex and medulla; bowel with gas; the couch) imaged with a
 per-patient field of view (chest, abdomen or both), voxel spacing, contrast phase, partial-volume blur and
 correlated noise. Lesions are of kinds that intensity alone does not give away (see
-:mod:`dataset_conversion.synthetic.lesions`).
+:mod:`nnscreener.synthetic.lesions`).
 
 Sizes: ``full`` is a clinical grid (512 x 512 in plane at 0.6-1.0 mm, 1-5 mm slices); ``cpu`` images the same
 anatomy on a coarse grid (~110-150 voxels in plane at 2.4-4 mm, 45-100 slices at 2.5-6 mm) for demos and tests.
 
 Python::
 
-    from dataset_conversion.synthetic_ct import generate_case, generate_dataset
+    from nnscreener.synthetic.generator import generate_case, generate_dataset
     image, label, spacing_zyx, info = generate_case(seed=0, size="cpu", with_lesions=True)
     folder = generate_dataset(Path(os.environ["nnUNet_raw"]), dataset_id=500)
 
@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from dataset_conversion.synthetic import writer
-from dataset_conversion.synthetic.lesions import (
+from nnscreener.synthetic import writer
+from nnscreener.synthetic.lesions import (
     ABDOMEN_KINDS,
     LESION_KINDS,
     LUNG_KINDS,
@@ -35,8 +35,8 @@ from dataset_conversion.synthetic.lesions import (
     place_lesion,
     sample_lesions,
 )
-from dataset_conversion.synthetic.noise import blur_halo
-from dataset_conversion.synthetic.patient import (
+from nnscreener.synthetic.noise import blur_halo
+from nnscreener.synthetic.patient import (
     FIELDS_OF_VIEW,
     SIZES,
     Acquisition,
@@ -44,9 +44,9 @@ from dataset_conversion.synthetic.patient import (
     sample_acquisition,
     sample_patient,
 )
-from dataset_conversion.synthetic.render import Phantom, lesion_voxels_in_anatomy, make_textures, render
-from dataset_conversion.synthetic.tissues import tissue_names
-from dataset_conversion.synthetic.tubes import tube_families
+from nnscreener.synthetic.render import Phantom, lesion_voxels_in_anatomy, make_textures, render
+from nnscreener.synthetic.tissues import tissue_names
+from nnscreener.synthetic.tubes import tube_families
 from nnscreener.errors import ScreenerError
 
 Seed = Union[int, np.random.SeedSequence]
@@ -275,7 +275,7 @@ def _dataset_json(name: str, n_train: int, n_test: int, size: str, seed: int, le
         "name": name,
         "description": "Synthetic CT phantoms with lesions (nnScreener). imagesTr is unlabeled; labelsTs holds "
         "lesion masks whose label value is the lesion kind.",
-        "reference": "nnScreener dataset_conversion/synthetic_ct.py",
+        "reference": "nnScreener nnscreener/synthetic/generator.py",
         "licence": "CC0",
         "channel_names": {"0": "CT"},
         "labels": {"background": 0, **{kind: label for label, kind in LESION_KINDS.items()}},

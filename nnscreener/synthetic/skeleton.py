@@ -1,6 +1,6 @@
 """Bones: spine (vertebral bodies, discs, canal, arches, processes), ribs with costal cartilage, sternum.
 
-Coordinates are world mm as in :mod:`dataset_conversion.synthetic.body`. Bones are painted last, over soft tissue.
+Coordinates are world mm as in :mod:`nnscreener.synthetic.body`. Bones are painted last, over soft tissue.
 """
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 
-from dataset_conversion.synthetic.body import Profile, paint
-from dataset_conversion.synthetic.patient import Patient
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.body import Profile, paint
+from nnscreener.synthetic.patient import Patient
+from nnscreener.synthetic.tissues import Tissue
 
 CORTEX_MM = 2.0
 RIB_START = 0.1 * math.pi  # rib angle at the spine (0 = straight back, pi = straight front)

@@ -22,12 +22,12 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.abdomen import kidneys, liver_lobes
-from dataset_conversion.synthetic.anatomy import organ_map, pleural_radius2
-from dataset_conversion.synthetic.body import profile
-from dataset_conversion.synthetic.patient import Acquisition, Patient
-from dataset_conversion.synthetic.thorax import lung_side
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.abdomen import kidneys, liver_lobes
+from nnscreener.synthetic.anatomy import organ_map, pleural_radius2
+from nnscreener.synthetic.body import profile
+from nnscreener.synthetic.patient import Acquisition, Patient
+from nnscreener.synthetic.thorax import lung_side
+from nnscreener.synthetic.tissues import Tissue
 
 T = Tissue
 LESION_KINDS: Dict[int, str] = {

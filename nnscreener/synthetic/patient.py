@@ -13,7 +13,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.tissues import PHASES, sample_tissue_hu
+from nnscreener.synthetic.tissues import PHASES, sample_tissue_hu
 
 FIELDS_OF_VIEW = ("chest", "abdomen", "both")
 SIZES = ("cpu", "full")
@@ -51,7 +51,7 @@ class VolumeGeometry:
 class Patient:
     """Anatomy parameters of one synthetic patient (mm unless stated; z relative to the right diaphragm dome).
 
-    Everything anatomical is derived from these numbers by :mod:`dataset_conversion.synthetic.anatomy`, so the
+    Everything anatomical is derived from these numbers by :mod:`nnscreener.synthetic.anatomy`, so the
     same patient can be rendered at any voxel spacing. Immutable and hashed by identity, so derived organ
     geometry can be cached per patient (``functools.lru_cache``).
     """
@@ -103,7 +103,7 @@ class Acquisition:
     Attributes:
         field_of_view: "chest", "abdomen" or "both".
         geometry: the voxel grid.
-        phase: contrast phase, one of :data:`~dataset_conversion.synthetic.tissues.PHASES`.
+        phase: contrast phase, one of :data:`~nnscreener.synthetic.tissues.PHASES`.
         mean_hu, texture_hu: (num_tissues,) float32 per-tissue mean HU and texture amplitude (HU).
         noise_sd_hu: standard deviation of the scanner noise (HU).
         noise_corr_mm: in-plane correlation length (Gaussian sigma, mm) of the noise texture.

@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from dataset_conversion.synthetic.patient import Patient
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.patient import Patient
+from nnscreener.synthetic.tissues import Tissue
 
 RIB_BAND_MM = 10.0  # thickness of the rib cage layer between the wall muscles and the pleural cavity
 

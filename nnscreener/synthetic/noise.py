@@ -13,7 +13,7 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
-from dataset_conversion.synthetic.patient import Acquisition
+from nnscreener.synthetic.patient import Acquisition
 
 
 def blur_sigma_voxels(acq: Acquisition) -> Tuple[float, float, float]:

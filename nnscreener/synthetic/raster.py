@@ -1,6 +1,6 @@
 """Rasterising onto a voxel grid: tube segments with partial volume, and smooth random texture fields.
 
-Both work on one z-range (a chunk) of a :class:`~dataset_conversion.synthetic.patient.VolumeGeometry` at a time
+Both work on one z-range (a chunk) of a :class:`~nnscreener.synthetic.patient.VolumeGeometry` at a time
 and give the same values for a voxel whichever chunk it is rendered in, so large volumes can be generated slab
 by slab. Arrays are (z, y, x); world coordinates are mm.
 """
@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.patient import VolumeGeometry
+from nnscreener.synthetic.patient import VolumeGeometry
 
 TRUNCATE = 4.0  # lattice steps: support of the texture interpolation weights
 

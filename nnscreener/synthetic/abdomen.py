@@ -1,7 +1,7 @@
 """Abdominal organs below the diaphragm: liver, gallbladder, stomach, spleen, kidneys and psoas muscles.
 
-Bowel loops and the abdominal vessels are tubes (:mod:`dataset_conversion.synthetic.tubes`). Coordinates are world
-mm as in :mod:`dataset_conversion.synthetic.body`.
+Bowel loops and the abdominal vessels are tubes (:mod:`nnscreener.synthetic.tubes`). Coordinates are world
+mm as in :mod:`nnscreener.synthetic.body`.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.body import Profile, paint, profile, smoothstep
-from dataset_conversion.synthetic.patient import Patient
-from dataset_conversion.synthetic.thorax import Ellipsoid
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.body import Profile, paint, profile, smoothstep
+from nnscreener.synthetic.patient import Patient
+from nnscreener.synthetic.thorax import Ellipsoid
+from nnscreener.synthetic.tissues import Tissue
 
 
 @lru_cache(maxsize=16)

@@ -2,7 +2,7 @@
 
 Each voxel of the phantom's anatomy carries one :class:`Tissue` id. Its HU value is the tissue's mean for the
 patient's contrast phase (jittered per patient) plus a smooth texture of the tissue's amplitude; blur and scanner
-noise come later (:mod:`dataset_conversion.synthetic.noise`). Values follow typical clinical CT: fat about -100 HU,
+noise come later (:mod:`nnscreener.synthetic.noise`). Values follow typical clinical CT: fat about -100 HU,
 lung parenchyma about -850 HU, muscle 40-60 HU, liver 55-65 HU unenhanced and about 110 HU portal-venous, bone
 200-1000 HU.
 """

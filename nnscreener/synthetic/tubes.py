@@ -3,7 +3,7 @@
 Each structure is a :class:`TubeFamily`: tube segments (world mm), the tissue they are made of and the host
 tissues they may replace (a pulmonary vessel only replaces lung, so a tree never paints over the heart). Trees
 grow level by level and keep a branch only where its end lies in the organ, which is checked with
-:func:`~dataset_conversion.synthetic.anatomy.organ_map` at the branch ends.
+:func:`~nnscreener.synthetic.anatomy.organ_map` at the branch ends.
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.abdomen import liver_lobes, stomach
-from dataset_conversion.synthetic.anatomy import in_abdominal_cavity, organ_map
-from dataset_conversion.synthetic.body import profile
-from dataset_conversion.synthetic.patient import Patient
-from dataset_conversion.synthetic.raster import Tubes
-from dataset_conversion.synthetic.thorax import MEDIASTINUM_HALF_WIDTH, heart
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.abdomen import liver_lobes, stomach
+from nnscreener.synthetic.anatomy import in_abdominal_cavity, organ_map
+from nnscreener.synthetic.body import profile
+from nnscreener.synthetic.patient import Patient
+from nnscreener.synthetic.raster import Tubes
+from nnscreener.synthetic.thorax import MEDIASTINUM_HALF_WIDTH, heart
+from nnscreener.synthetic.tissues import Tissue
 
 T = Tissue
 SOFT = frozenset({T.VISCERAL_FAT, T.MUSCLE, T.LUNG, T.MYOCARDIUM, T.PULMONARY_VESSEL})

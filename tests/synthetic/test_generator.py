@@ -14,12 +14,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from dataset_conversion.synthetic import render as render_module
-from dataset_conversion.synthetic.lesions import LESION_KINDS, LUNG_TISSUES
-from dataset_conversion.synthetic.patient import VolumeGeometry
-from dataset_conversion.synthetic.raster import SmoothField, Tubes, tube_fraction
-from dataset_conversion.synthetic.tissues import Tissue
-from dataset_conversion.synthetic_ct import generate_case, generate_dataset
+from nnscreener.synthetic import render as render_module
+from nnscreener.synthetic.lesions import LESION_KINDS, LUNG_TISSUES
+from nnscreener.synthetic.patient import VolumeGeometry
+from nnscreener.synthetic.raster import SmoothField, Tubes, tube_fraction
+from nnscreener.synthetic.tissues import Tissue
+from nnscreener.synthetic.generator import generate_case, generate_dataset
 from nnscreener.cli.generate_synthetic import main as cli_main
 from nnscreener.errors import ScreenerError
 from nnscreener.planning.body_mask import body_mask_from_hu
@@ -65,7 +65,7 @@ def test_int_seed_is_accepted_and_deterministic():
 
 def test_slab_rendering_matches_whole_volume_rendering(monkeypatch, cases_by_kind):
     """Rendering in many thin slabs (blur halos, texture per slab) must match one slab, noise aside."""
-    from dataset_conversion import synthetic_ct
+    from nnscreener.synthetic import generator as synthetic_ct
 
     captured = {}
     original = render_module.render

@@ -12,14 +12,14 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.anatomy import organ_map
-from dataset_conversion.synthetic.body import profile
-from dataset_conversion.synthetic.lesions import Lesion
-from dataset_conversion.synthetic.noise import blur_halo, correlated_noise, partial_volume_blur
-from dataset_conversion.synthetic.patient import Acquisition, Patient, VolumeGeometry
-from dataset_conversion.synthetic.raster import Slices, SmoothField, box_slices, tube_fraction
-from dataset_conversion.synthetic.tissues import Tissue
-from dataset_conversion.synthetic.tubes import TubeFamily
+from nnscreener.synthetic.anatomy import organ_map
+from nnscreener.synthetic.body import profile
+from nnscreener.synthetic.lesions import Lesion
+from nnscreener.synthetic.noise import blur_halo, correlated_noise, partial_volume_blur
+from nnscreener.synthetic.patient import Acquisition, Patient, VolumeGeometry
+from nnscreener.synthetic.raster import Slices, SmoothField, box_slices, tube_fraction
+from nnscreener.synthetic.tissues import Tissue
+from nnscreener.synthetic.tubes import TubeFamily
 
 HU_RANGE = (-1024, 3071)  # int16 range stored, as by clinical scanners
 SLAB_VOXELS = 8_000_000  # voxels per slab (excluding halo); bounds memory to a few hundred MB

@@ -1,8 +1,8 @@
 """Chest contents above the diaphragm: lungs, mediastinum and heart.
 
 Tubular structures (airways, pulmonary vessels, aorta, caval veins, oesophagus) are added later by
-:mod:`dataset_conversion.synthetic.tubes`; this module paints the organs that are described by implicit shapes.
-Coordinates are world mm as in :mod:`dataset_conversion.synthetic.body`.
+:mod:`nnscreener.synthetic.tubes`; this module paints the organs that are described by implicit shapes.
+Coordinates are world mm as in :mod:`nnscreener.synthetic.body`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Tuple
 
 import numpy as np
 
-from dataset_conversion.synthetic.body import Profile, paint, profile, smoothstep
-from dataset_conversion.synthetic.patient import Patient
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.body import Profile, paint, profile, smoothstep
+from nnscreener.synthetic.patient import Patient
+from nnscreener.synthetic.tissues import Tissue
 
 LUNG_APEX_Z = 235.0  # mm at height factor 1
 LUNG_TAPER_Z = 60.0  # mm at height factor 1: above this the lungs narrow towards the apex
@@ -73,7 +73,7 @@ def paint_thorax(
     Args:
         tissue: tissue map to paint, in place; shape = broadcast of x, y, z.
         thorax: bool mask of the chest cavity above the diaphragm.
-        cavity_r2: squared normalised cavity radius (:func:`~dataset_conversion.synthetic.body.cavity_radius2`).
+        cavity_r2: squared normalised cavity radius (:func:`~nnscreener.synthetic.body.cavity_radius2`).
     """
     h = p.height
     # the lungs narrow towards the apex: squared normalised radius allowed at this height

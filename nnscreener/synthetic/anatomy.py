@@ -2,7 +2,7 @@
 
 :func:`organ_map` paints, in order, the couch, the body wall, the pleural and abdominal cavities with their
 organs, and the skeleton. Tubular structures (vessel trees, airways, bowel) are rasterised separately
-(:mod:`dataset_conversion.synthetic.tubes`, :mod:`dataset_conversion.synthetic.raster`), because they need a
+(:mod:`nnscreener.synthetic.tubes`, :mod:`nnscreener.synthetic.raster`), because they need a
 voxel size for partial-volume accuracy. Being a function of position, the anatomy is rendered identically at
 every voxel spacing and can be queried at scattered points (to grow vessel trees or place lesions).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset_conversion.synthetic.abdomen import paint_abdomen
-from dataset_conversion.synthetic.body import (
+from nnscreener.synthetic.abdomen import paint_abdomen
+from nnscreener.synthetic.body import (
     back_muscles,
     cavity_radius2,
     depth_below_skin,
@@ -21,10 +21,10 @@ from dataset_conversion.synthetic.body import (
     paint_wall,
     profile,
 )
-from dataset_conversion.synthetic.patient import Patient
-from dataset_conversion.synthetic.skeleton import paint_ribs, paint_spine, paint_sternum
-from dataset_conversion.synthetic.thorax import paint_thorax
-from dataset_conversion.synthetic.tissues import Tissue
+from nnscreener.synthetic.patient import Patient
+from nnscreener.synthetic.skeleton import paint_ribs, paint_spine, paint_sternum
+from nnscreener.synthetic.thorax import paint_thorax
+from nnscreener.synthetic.tissues import Tissue
 
 DIAPHRAGM_MM = 5.0
 
@@ -38,7 +38,7 @@ def organ_map(p: Patient, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.nda
             (1, 1, nx), (1, ny, 1), (nz, 1, 1) give a (nz, ny, nx) map; equal-length 1-D arrays give one id per point.
 
     Returns:
-        uint8 array of :class:`~dataset_conversion.synthetic.tissues.Tissue` ids, shape = broadcast shape.
+        uint8 array of :class:`~nnscreener.synthetic.tissues.Tissue` ids, shape = broadcast shape.
     """
     shape = np.broadcast_shapes(x.shape, y.shape, z.shape)
     tissue = np.zeros(shape, np.uint8)
