@@ -161,6 +161,7 @@ class InferenceConfig:
 @dataclass(frozen=True)
 class ScreenerConfig:
     preset: str = "default"
+    seed: int = 0  # seeds python random, numpy, torch and the loader workers of a training run (--seed N)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)

@@ -21,12 +21,14 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from nnscreener import stages
+from nnscreener.checkpoints import FINAL_CHECKPOINT, load_density_checkpoint
 from nnscreener.config import ScreenerConfig
 from nnscreener.density.conditions import (ConditionEncoder, average_pool, condition_option, density_option,
                                            network_embedding_dim)
 from nnscreener.errors import ScreenerError
 
-DENSITY_STAGE = "density"
+DENSITY_STAGE = stages.DENSITY
 
 
 class ScreenerModel(nn.Module):
@@ -119,7 +121,7 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
     Args:
         config: resolved config; ``density.condition`` / ``density.density`` pick the variants.
         descriptor: the descriptor network; D = its ``embedding_dim`` (else ``config.network.embedding_dim``).
-        condition_network: the condition network (2 input channels), needed for the ``masking`` condition only;
+        condition_network: the condition network (``stages.input_channels("condition")`` inputs), needed for the ``masking`` condition only;
             Dc = its ``embedding_dim`` (else ``config.network.embedding_dim``).
 
     Raises:
@@ -133,7 +135,7 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
 
 
 def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                        checkpoint_name: str = "checkpoint_final.pth") -> Tuple[ScreenerModel, ScreenerConfig]:
+                        checkpoint_name: str = FINAL_CHECKPOINT) -> Tuple[ScreenerModel, ScreenerConfig]:
     """Loads a trained ScreenerModel from a density result folder (contract C9/C10).
 
     The folder holds ``plans.json`` and ``dataset.json`` (the network architecture) and the checkpoint, whose
@@ -144,7 +146,7 @@ def load_screener_model(density_folder: Union[str, Path], device: Union[str, tor
     Args:
         density_folder: ``$nnUNet_results/DatasetXXX/density__<condition>_<density>__<plans>/``.
         device: where to put the model (returned in eval mode).
-        checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_latest.pth``.
+        checkpoint_name: ``FINAL_CHECKPOINT`` or ``LATEST_CHECKPOINT`` (:mod:`nnscreener.checkpoints`).
 
     Returns:
         The model and the config it was trained with.
@@ -161,15 +163,14 @@ def load_screener_model(density_folder: Union[str, Path], device: Union[str, tor
         found = sorted(p.name for p in folder.glob("checkpoint_*.pth")) if folder.is_dir() else []
         raise ScreenerError(f"missing {ckpt_path} (found: {found or 'no checkpoints'}); train it first: "
                             f"nnScreener_train DATASET density")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if checkpoint.get("stage") != DENSITY_STAGE or "screener_config" not in checkpoint:
-        raise ScreenerError(f"{ckpt_path} is not a density checkpoint (stage {checkpoint.get('stage')!r})")
+    checkpoint = load_density_checkpoint(ckpt_path)
     config = ScreenerConfig.from_dict(checkpoint["screener_config"])
     plans = replace(load_plans_file(folder / "plans.json", folder / "dataset.json"), config=config)
     dims = checkpoint.get("embedding_dims", {})  # the frozen networks' d, when they differ from the config's
-    descriptor = build_dense_net(plans, in_channels=1, embedding_dim=dims.get("descriptor"))
-    needs_condition = condition_option(config.density.condition).needs_trained_network
-    condition_network = build_dense_net(plans, 2, dims.get("condition")) if needs_condition else None
+    descriptor = build_dense_net(plans, stages.input_channels("descriptor"), dims.get("descriptor"))
+    condition_network = None
+    if condition_option(config.density.condition).needs_trained_network:
+        condition_network = build_dense_net(plans, stages.input_channels("condition"), dims.get("condition"))
     model = build_screener_model(config, descriptor, condition_network)
     model.load_state_dict(checkpoint["network_weights"])
     return model.to(device).eval(), config

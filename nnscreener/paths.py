@@ -2,7 +2,8 @@
 one place.
 
 Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern, with the stage and the variant in
-place of the trainer: ``$nnUNet_results/DatasetXXX_Name/<stage>__<variant>__<plans>/``.
+place of the trainer: ``$nnUNet_results/DatasetXXX_Name/<stage>__<variant>__<plans>/``; the stages and their
+variant names are :mod:`nnscreener.stages`' (re-exported here as ``STAGES``, ``ssl_variant``, ``density_variant``).
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import os
 from pathlib import Path
 from typing import Union
 
+from nnscreener import stages
 from nnscreener.errors import ScreenerError
+from nnscreener.stages import density_variant, ssl_variant  # noqa: F401 (re-exported)
 
 DEFAULT_PLANS = "nnScreenerPlans"
 CONFIGURATION = "3d_fullres"
-STAGES = ("descriptor", "condition", "density")
+STAGES = stages.STAGE_NAMES
 
 
 def _env_dir(var: str) -> Path:
@@ -65,27 +68,11 @@ def plans_file(dataset: Union[int, str], plans_name: str = DEFAULT_PLANS) -> Pat
     return preprocessed_dir(dataset) / f"{plans_name}.json"
 
 
-def ssl_variant(objective: str, embedding_dim: int) -> str:
-    """Variant name of a descriptor / condition run, e.g. ``vicreg_d32``."""
-    return f"{objective}_d{embedding_dim}"
-
-
-def density_variant(condition: str, density: str, descriptor_variant: str = "", condition_variant: str = "") -> str:
-    """Variant name of a density run, e.g. ``masking_flow``.
-
-    When the run uses a descriptor or condition model other than the default variant of its config, that
-    variant is part of the name (``masking_flow_desc-infonce_d32``), so runs on different frozen models coexist.
-    """
-    name = f"{condition}_{density}"
-    if descriptor_variant:
-        name += f"_desc-{descriptor_variant}"
-    if condition_variant:
-        name += f"_cond-{condition_variant}"
-    return name
-
-
 def stage_folder(dataset: Union[int, str], stage: str, variant: str, plans_name: str = DEFAULT_PLANS) -> Path:
-    """``$nnUNet_results/DatasetXXX_Name/<stage>__<variant>__<plans>``."""
-    if stage not in STAGES:
-        raise ScreenerError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    return results_root() / dataset_name(dataset) / f"{stage}__{variant}__{plans_name}"
+    """``$nnUNet_results/DatasetXXX_Name/<stage>__<variant>__<plans>`` (naming: :func:`nnscreener.stages.folder_name`).
+
+    Raises:
+        ScreenerError: an unknown stage, or a dataset that is not found.
+    """
+    name = stages.folder_name(stage, variant, plans_name)  # validates the stage before looking the dataset up
+    return results_root() / dataset_name(dataset) / name

@@ -14,6 +14,7 @@ from nnscreener.config import merge
 from nnscreener.density.conditions import NoCondition, SinCosCondition
 from nnscreener.density.gaussian import MarginalGaussian
 from nnscreener.errors import ScreenerError
+from nnscreener.checkpoints import FINAL_CHECKPOINT, save_checkpoint
 from nnscreener.model import ScreenerModel, build_screener_model, load_screener_model
 from nnscreener.networks.dense_net import build_dense_net
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
@@ -115,8 +116,8 @@ def test_density_folder_round_trip(nnunet_env, condition, density):
     expected = model.anomaly_map(x, origin)
     folder = paths.stage_folder(991, "density", paths.density_variant(condition, density), plans.plans_name)
     folder.mkdir(parents=True)
-    torch.save({"stage": "density", "screener_config": config.to_dict(), "network_weights": model.state_dict()},
-               folder / "checkpoint_final.pth")
+    save_checkpoint({"stage": "density", "screener_config": config.to_dict(), "network_weights": model.state_dict()},
+                    folder / FINAL_CHECKPOINT)
     (folder / "plans.json").write_text(json.dumps(plans.plans))
     (folder / "dataset.json").write_text(json.dumps(plans.dataset_json))
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from nnscreener import paths
+from nnscreener import paths, stages
+from nnscreener.checkpoints import FINAL_CHECKPOINT
 from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES
 from nnscreener.errors import ScreenerError
 
@@ -34,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "nnScreener_train --descriptor_variant)")
     parser.add_argument("--condition_variant", default="",
                         help="the density model was trained on this non-default condition variant")
-    parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
-                        help="checkpoint file in the density result folder (default checkpoint_final.pth)")
+    parser.add_argument("-chk", default=FINAL_CHECKPOINT, metavar="CHECKPOINT",
+                        help=f"checkpoint file in the density result folder (default {FINAL_CHECKPOINT})")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda"),
                         help="device for the networks (default: cuda when available, else cpu)")
     parser.add_argument("-step_size", type=float, default=None,
@@ -58,11 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 def density_folder(dataset: str, condition: str, density: str, plans_name: str, descriptor_variant: str = "",
                    condition_variant: str = "") -> Path:
     """The density result folder of this variant; raises ScreenerError naming it (and the trained ones) if absent."""
-    variant = paths.density_variant(condition, density, descriptor_variant,
-                                    condition_variant if condition == "masking" else "")
-    folder = paths.stage_folder(dataset, "density", variant, plans_name)
+    variant = stages.density_variant(condition, density, descriptor_variant, condition_variant)
+    folder = paths.stage_folder(dataset, stages.DENSITY, variant, plans_name)
     if not folder.is_dir():
-        trained = sorted(p.name for p in folder.parent.glob("density__*") if p.is_dir())
+        trained = sorted(p.name for p in folder.parent.glob(f"{stages.DENSITY}__*") if p.is_dir())
         raise ScreenerError(f"no trained model {folder} (density stage, --condition {condition} --density {density}, "
                             f"plans {plans_name}); trained density models of this dataset: {trained or 'none'}")
     return folder

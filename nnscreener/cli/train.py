@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Type
 
 import torch
 
-from nnscreener import paths
+from nnscreener import paths, stages
 from nnscreener.config import CONDITIONS, DENSITIES, OBJECTIVES, ScreenerConfig, merge, parse_set_overrides, validate
 from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans, load_plans
@@ -25,16 +25,8 @@ FOLD = "all"
 
 
 def trainer_class(stage: str) -> Type:
-    """The trainer of a stage; the density trainer is imported only when asked for."""
-    if stage in ("descriptor", "condition"):
-        from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer
-
-        return {"descriptor": DescriptorTrainer, "condition": ConditionTrainer}[stage]
-    if stage == "density":
-        from nnscreener.trainers.density import DensityTrainer
-
-        return DensityTrainer
-    raise ScreenerError(f"unknown stage {stage!r}; choose one of {list(paths.STAGES)}")
+    """The trainer of a stage (from :mod:`nnscreener.stages`; imported only when asked for)."""
+    return stages.trainer_class(stage)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Screener stage: the descriptor and condition models (dense SSL), then the density "
                     "model on top of them. Results go to $nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
     p.add_argument("dataset", help="dataset id or name, e.g. 500 or Dataset500_SyntheticCT")
-    p.add_argument("stage", choices=paths.STAGES, help="which model to train")
+    p.add_argument("stage", choices=stages.STAGE_NAMES, help="which model to train")
     p.add_argument("-p", dest="plans", default=paths.DEFAULT_PLANS,
                    help=f"plans name in nnUNet_preprocessed (default {paths.DEFAULT_PLANS}; the cpu preset's plans "
                         f"are {paths.DEFAULT_PLANS}_cpu)")
@@ -53,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c", action="store_true", help="continue from the latest (or final) checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start over, deleting the checkpoints of an existing run of the same variant")
+    p.add_argument("--seed", type=int, help="seed of python random, numpy, torch and the data loaders (seed; "
+                                            "default 0): identical runs on the CPU give identical weights")
     p.add_argument("--num_iterations", type=int, help="optimizer steps (sets ssl.* or density.num_iterations)")
     p.add_argument("--objective", choices=OBJECTIVES, help="SSL objective (ssl.objective)")
     p.add_argument("--dim", type=int, help="embedding dimension d of descriptor/condition (network.embedding_dim)")
@@ -88,7 +82,7 @@ def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The nested config overrides of the command line: ``--set`` first, then the named flags."""
     overrides = parse_set_overrides(args.overrides)
     reject_planned_fields(overrides)
-    section = "density" if args.stage == "density" else "ssl"
+    section = "ssl" if stages.get_stage(args.stage).is_ssl else "density"
     named = {
         (section, "num_iterations"): args.num_iterations,
         ("ssl", "objective"): args.objective,
@@ -101,6 +95,8 @@ def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     for (sec, field), value in named.items():
         if value is not None:
             overrides.setdefault(sec, {})[field] = value
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     return overrides
 
 

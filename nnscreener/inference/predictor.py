@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nnscreener.checkpoints import FINAL_CHECKPOINT
 from nnscreener.config import BLENDINGS, ScreenerConfig
 from nnscreener.errors import ScreenerError
 from nnscreener.inference.export import map_to_original_geometry, upsample_to_patch, write_map
@@ -211,7 +212,7 @@ class ScreenerPredictor:
 
     @classmethod
     def from_density_folder(cls, density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                            checkpoint_name: str = "checkpoint_final.pth", **kwargs: Any) -> "ScreenerPredictor":
+                            checkpoint_name: str = FINAL_CHECKPOINT, **kwargs: Any) -> "ScreenerPredictor":
         """Loads a trained model from its density result folder (contracts C9, C10); ``kwargs`` go to __init__.
 
         Raises:

@@ -6,9 +6,9 @@ The backbone is the UNet the plans describe (dynamic-network-architectures, buil
 head upsamples every level's output to the input resolution (trilinear) and sums them: the descriptor is linear
 in the decoder features, with no final norm or activation.
 
-Checkpoints of the descriptor / condition stages (contract C6) store this module's state dict under
-``network_weights``, the resolved config under ``screener_config`` and the input channel count under
-``in_channels``.
+Checkpoints of the descriptor / condition stages (contract C6, owned by :mod:`nnscreener.checkpoints`) store this
+module's state dict under ``network_weights``, the resolved config under ``screener_config`` and the input channel
+count under ``in_channels``.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnscreener import paths
+from nnscreener.checkpoints import FINAL_CHECKPOINT, load_ssl_checkpoint
 from nnscreener.config import ScreenerConfig
 from nnscreener.errors import ScreenerError
 
@@ -134,13 +135,13 @@ def features_at(feature_map: torch.Tensor, idx_zyx: torch.Tensor) -> torch.Tenso
 
 
 def load_dense_net(stage_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                   checkpoint_name: str = "checkpoint_final.pth") -> Tuple[DenseFeatureNet, ScreenerConfig]:
+                   checkpoint_name: str = FINAL_CHECKPOINT) -> Tuple[DenseFeatureNet, ScreenerConfig]:
     """Loads a trained descriptor / condition network from its result folder (contract C6/C10).
 
     Args:
         stage_folder: ``$nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/``.
         device: where to put the network (it is returned in eval mode).
-        checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_latest.pth``.
+        checkpoint_name: ``FINAL_CHECKPOINT`` or ``LATEST_CHECKPOINT`` (:mod:`nnscreener.checkpoints`).
 
     Returns:
         The network and the resolved config it was trained with.
@@ -156,10 +157,7 @@ def load_dense_net(stage_folder: Union[str, Path], device: Union[str, torch.devi
         if not p.is_file():
             raise ScreenerError(f"missing {p}: train this stage first (nnScreener_train DATASET "
                                 f"{folder.name.split('__')[0]} ...)")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    missing = [k for k in ("network_weights", "screener_config", "in_channels") if k not in ckpt]
-    if missing:
-        raise ScreenerError(f"{ckpt_path} is not a descriptor/condition checkpoint (missing keys {missing})")
+    ckpt = load_ssl_checkpoint(ckpt_path)
     config = ScreenerConfig.from_dict(ckpt["screener_config"])
     configuration = PlansManager(json.loads(plans_path.read_text())).get_configuration(paths.CONFIGURATION)
     net = dense_net_from_configuration(configuration, int(ckpt["in_channels"]), config.network.embedding_dim)

@@ -11,12 +11,14 @@ for ``--c``. What differs, and is overridden here:
 - **Iterations, not epochs.** One nnU-Net "epoch" is ``log_every`` iterations (one log line and progress point);
   ``num_epochs = ceil(num_iterations / log_every)``; ``checkpoint_latest.pth`` is written whenever the iteration
   count crosses a multiple of ``checkpoint_every``. No validation.
-- **Optimization.** AdamW (lr, weight decay, eps from the config), a per-iteration LambdaLR (linear warm-up
-  from 0, then linear decay to 0; chosen over the authors' OneCycleLR, see implementation notes 2.6), gradient
-  clipping, bf16 autocast on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 on CPU.
+- **Optimization.** AdamW with a per-iteration warm-up / linear-decay LR (:mod:`nnscreener.trainers.schedule`),
+  gradient clipping, bf16 autocast on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 on CPU.
 - **Checkpoints** additionally hold ``lr_scheduler_state``, ``iteration``, ``screener_config``, ``stage``,
   ``variant``, every extra module (``<name>_weights``) and :meth:`checkpoint_extras`; ``--c`` restores them.
-  They are written atomically, so a kill during a save never destroys the last good one.
+  Their contract (names, keys, atomic saving, ``weights_only`` loading) is :mod:`nnscreener.checkpoints`'.
+- **Seeds.** Python ``random``, numpy, torch and the loader workers are seeded from the config's ``seed``
+  (:mod:`nnscreener.trainers.seeding`): the initial weights at :meth:`initialize`, the rest per rank and resume
+  point at :meth:`on_train_start`.
 - **NaN guard.** A non-finite loss or gradient norm raises :class:`NonFiniteLossError` before the optimizer
   step; nothing is saved afterwards, so the last good checkpoint stays.
 - **Logging.** Every key of :meth:`compute_loss`'s dict is averaged per logging period and added to nnU-Net's
@@ -33,12 +35,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from time import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,63 +46,19 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.lr_scheduler import LambdaLR
 
-from nnscreener import paths
+from nnscreener import checkpoints, paths, stages
+from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: F401 (re-exported)
 from nnscreener.config import ScreenerConfig
 from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans, config_from_plans
-
-LATEST_CHECKPOINT = "checkpoint_latest.pth"
-FINAL_CHECKPOINT = "checkpoint_final.pth"
+from nnscreener.trainers.progress import plot_progress, progress_line
+from nnscreener.trainers.schedule import Schedule, build_optimizer, warmup_then_linear_decay  # noqa: F401
+from nnscreener.trainers.seeding import run_seed, seed_everything
 
 
 class NonFiniteLossError(ScreenerError):
     """Training produced a NaN / inf loss or gradient; it stopped without saving."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The optimization settings shared by ``SSLConfig`` and ``DensityConfig`` (iterations, not epochs)."""
-
-    num_iterations: int
-    warmup_iterations: int
-    learning_rate: float
-    weight_decay: float
-    adam_eps: float
-    grad_clip: float
-    checkpoint_every: int
-    log_every: int
-    batch_size: int
-
-    @classmethod
-    def from_section(cls, section: Any, section_name: str) -> "Schedule":
-        """Reads the fields from a config section and checks them (ScreenerError naming ``section_name.field``)."""
-        values = {f: getattr(section, f) for f in cls.__dataclass_fields__}
-        for name in ("num_iterations", "checkpoint_every", "log_every", "batch_size"):
-            if values[name] < 1:
-                raise ScreenerError(f"{section_name}.{name} must be >= 1, got {values[name]}")
-        if values["warmup_iterations"] < 0 or values["learning_rate"] <= 0 or values["grad_clip"] <= 0:
-            raise ScreenerError(f"{section_name}: warmup_iterations must be >= 0, learning_rate and grad_clip > 0 "
-                                f"(got {values['warmup_iterations']}, {values['learning_rate']}, "
-                                f"{values['grad_clip']})")
-        return cls(**values)
-
-
-def warmup_then_linear_decay(warmup_iterations: int, num_iterations: int) -> Callable[[int], float]:
-    """LR factor for update ``s`` (0-based): ``s / warmup`` during warm-up, then linear decay to 0 at the end.
-
-    The factor is 0 at ``s = 0`` (warm-up from 0, as the paper says) and at ``s = num_iterations``.
-    """
-    warmup = max(0, int(warmup_iterations))
-    total = max(1, int(num_iterations))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -161,7 +117,7 @@ class ScreenerTrainerBase(nnUNetTrainer):
     # ------------------------------------------------------------------ construction
     def __init__(self, plans: dict, configuration: str, fold: Union[int, str], dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        assert self.stage in paths.STAGES and self.config_section, "subclasses set stage and config_section"
+        assert self.stage in stages.STAGES and self.config_section, "subclasses set stage and config_section"
         plans.setdefault("continue_training", False)  # nnUNetTrainer pops it (run_training's get_trainer_from_args)
         self._pending_log: Optional[list] = []  # messages printed before the stage folder exists
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -223,7 +179,9 @@ class ScreenerTrainerBase(nnUNetTrainer):
     def initialize(self) -> None:
         if self.was_initialized:
             raise RuntimeError("initialize() called twice")
-        self.batch_size = self._per_rank_batch_size()
+        seed_everything(run_seed(self.screener_config.seed))  # the same initial weights on every rank
+        self.batch_size = per_rank_batch_size(self.schedule.batch_size, self.config_section,
+                                              dist.get_world_size() if self.is_ddp else 1)
         self.network = self.build_network().to(self.device)
         self.extra_modules = {k: m.to(self.device) for k, m in self.build_extra_modules().items()}
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
@@ -235,17 +193,6 @@ class ScreenerTrainerBase(nnUNetTrainer):
         self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         self.was_initialized = True
 
-    def _per_rank_batch_size(self) -> int:
-        """The config's batch size split evenly over DDP ranks (cross-rank gathering needs equal sizes)."""
-        batch = self.schedule.batch_size
-        if not self.is_ddp:
-            return batch
-        world = dist.get_world_size()
-        if batch % world:
-            raise ScreenerError(f"{self.config_section}.batch_size={batch} must be divisible by the number of "
-                                f"GPUs ({world}); set it with --set {self.config_section}.batch_size=N")
-        return batch // world
-
     def num_loader_workers(self) -> int:
         """Background loader processes: nnU-Net's ``nnUNet_n_proc_DA`` rule on a GPU; on a CPU one process, which
         already outpaces the step (benchmarks/train_step.py) without taking cores from the network."""
@@ -256,15 +203,16 @@ class ScreenerTrainerBase(nnUNetTrainer):
         return 1
 
     def configure_optimizers(self):
-        s = self.schedule
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=s.learning_rate, weight_decay=s.weight_decay,
-                                      eps=s.adam_eps)
-        return optimizer, LambdaLR(optimizer, warmup_then_linear_decay(s.warmup_iterations, s.num_iterations))
+        return build_optimizer(self.trainable_parameters(), self.schedule)
+
+    def run_seed(self) -> int:
+        """This rank's seed at the current iteration, derived from the config's ``seed``."""
+        return run_seed(self.screener_config.seed, self.local_rank, self.iteration)
 
     def get_dataloaders(self):
+        """The training loader (seeded with :meth:`run_seed`: per rank and resume point) and no validation one."""
         identifiers, _ = self.do_split()
-        seed = 12345 + 1_000_003 * self.local_rank + self.iteration
-        return self.build_loader(list(identifiers), seed), None
+        return self.build_loader(list(identifiers), self.run_seed()), None
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """No deep supervision in Screener stages (the dense head consumes every level itself)."""
@@ -275,9 +223,11 @@ class ScreenerTrainerBase(nnUNetTrainer):
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
+        seed_everything(self.run_seed())  # training-time randomness (e.g. density noise), per rank and resume point
         self.dataloader_train, self.dataloader_val = self.get_dataloaders()
         if self.local_rank == 0:
-            self._write_run_files()
+            write_run_files(Path(self.output_folder), self.plans_manager.plans, self.dataset_json,
+                            self.screener_config, Path(self.preprocessed_dataset_folder_base))
         self.print_to_log_file(f"{self.stage} training ({self.variant}): {self.schedule.num_iterations} iterations, "
                                f"batch {self.schedule.batch_size} ({self.batch_size} per rank), device "
                                f"{self.device}, resuming at iteration {self.iteration}")
@@ -285,16 +235,6 @@ class ScreenerTrainerBase(nnUNetTrainer):
                                also_print_to_console=False)
         if self.is_ddp:
             dist.barrier()
-
-    def _write_run_files(self) -> None:
-        """plans.json, dataset.json (nnU-Net's names) and config.json in the stage folder."""
-        folder = Path(self.output_folder)
-        (folder / "plans.json").write_text(json.dumps(self.plans_manager.plans, indent=2))
-        (folder / "dataset.json").write_text(json.dumps(self.dataset_json, indent=2))
-        (folder / "config.json").write_text(self.screener_config.to_json())
-        fingerprint = Path(self.preprocessed_dataset_folder_base) / "dataset_fingerprint.json"
-        if fingerprint.is_file():
-            shutil.copyfile(fingerprint, folder / "dataset_fingerprint.json")
 
     def on_train_epoch_start(self) -> None:
         self.network.train()
@@ -335,16 +275,9 @@ class ScreenerTrainerBase(nnUNetTrainer):
         finite = torch.isfinite(value).all().to(torch.int32).reshape(1)
         if self.is_ddp:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if bool(finite.item()):
-            return
-        latest = Path(self.output_folder) / LATEST_CHECKPOINT
-        last_good = f"{latest}" if latest.is_file() else "none yet (no checkpoint was written)"
-        raise NonFiniteLossError(
-            f"non-finite {what} ({float(value.float().flatten()[0])}) at iteration {self.iteration + 1} of the "
-            f"{self.stage} stage (logged terms: {dict(logged)}). Training stopped without saving; last good "
-            f"checkpoint: {last_good}. Resume with --c, e.g. with a lower {self.config_section}.learning_rate "
-            f"(--set {self.config_section}.learning_rate=...)."
-        )
+        if not bool(finite.item()):
+            raise non_finite_error(value, what, logged, self.iteration + 1, self.stage, self.config_section,
+                                   Path(self.output_folder) / LATEST_CHECKPOINT)
 
     def on_train_epoch_end(self, train_outputs: List[Dict[str, float]]) -> None:
         if not train_outputs:
@@ -378,7 +311,8 @@ class ScreenerTrainerBase(nnUNetTrainer):
         iterations_done = self.iteration - (int(done_before[0]) if done_before else 0)
         seconds = logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][-1]
         self._log("time/seconds_per_iteration", seconds / max(1, iterations_done))
-        self.print_to_log_file(self._progress_line(logging))
+        self.print_to_log_file(progress_line(logging, self.iteration, self.schedule.num_iterations,
+                                             self.optimizer.param_groups[0]["lr"]))
         crossed = self.iteration // self.schedule.checkpoint_every > \
             (self.iteration - iterations_done) // self.schedule.checkpoint_every
         if crossed and self.iteration < self.schedule.num_iterations:
@@ -386,15 +320,6 @@ class ScreenerTrainerBase(nnUNetTrainer):
         if self.local_rank == 0:
             plot_progress(logging, Path(self.output_folder) / "progress.png", title=f"{self.stage} {self.variant}")
         self.current_epoch += 1
-
-    def _progress_line(self, logging: Mapping[str, list]) -> str:
-        skip = {"iterations", "epoch_start_timestamps", "epoch_end_timestamps", "mean_fg_dice", "ema_fg_dice",
-                "dice_per_class_or_region", "val_losses", "lrs"}
-        parts = [f"iteration {self.iteration}/{self.schedule.num_iterations}",
-                 f"lr {self.optimizer.param_groups[0]['lr']:.3g}"]
-        parts += [f"{k.replace('train_losses', 'loss')} {v[-1]:.4g}" for k, v in logging.items()
-                  if k not in skip and v]
-        return " | ".join(parts)
 
     def run_training(self) -> None:
         """nnU-Net's loop; if it stops on an error (e.g. the NaN guard), the loader's workers are shut down."""
@@ -409,14 +334,9 @@ class ScreenerTrainerBase(nnUNetTrainer):
         self._close_loader()
 
     def _close_loader(self) -> None:
-        """Stops background loader workers (batchgenerators augmenters have ``_finish``)."""
-        for name in ("_finish", "close"):
-            stop = getattr(self.dataloader_train, name, None)
-            if callable(stop):
-                stop()
-                return
+        close_loader(self.dataloader_train)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (see nnscreener.checkpoints)
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint keys plus the scheduler, iteration, config and extra modules; written atomically."""
         if self.local_rank != 0:
@@ -424,62 +344,61 @@ class ScreenerTrainerBase(nnUNetTrainer):
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        checkpoint = {
-            "network_weights": _unwrap(self.network).state_dict(),
-            **{f"{name}_weights": _unwrap(m).state_dict() for name, m in self.extra_modules.items()},
-            "optimizer_state": self.optimizer.state_dict(),
-            "lr_scheduler_state": self.lr_scheduler.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": None,
-            "current_epoch": self.current_epoch + 1,
-            "iteration": self.iteration,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": type(self).__name__,
-            "inference_allowed_mirroring_axes": None,
-            "stage": self.stage,
-            "variant": self.variant,
-            "screener_config": self.screener_config.to_dict(),
-            **self.checkpoint_extras(),
-        }
-        tmp = f"{filename}.tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        checkpoints.save_checkpoint(checkpoint_of(self), filename)
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
-        """Restores network, extra modules, optimizer, scheduler, scaler, logger, epoch and iteration."""
+        """Restores network, extra modules, optimizer, scheduler, scaler, logger, epoch and iteration (``--c``)."""
         if not self.was_initialized:
             self.initialize()
-        checkpoint = filename_or_checkpoint
-        if not isinstance(checkpoint, dict):
-            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        source = "checkpoint" if isinstance(filename_or_checkpoint, dict) else str(filename_or_checkpoint)
-        self._check_compatible(checkpoint, source)
-        _unwrap(self.network).load_state_dict(_strip_module_prefix(checkpoint["network_weights"]))
-        for name, module in self.extra_modules.items():
-            _unwrap(module).load_state_dict(_strip_module_prefix(checkpoint[f"{name}_weights"]))
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler_state"])
-        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self.my_init_kwargs = checkpoint["init_args"]
-        self.current_epoch = int(checkpoint["current_epoch"])
-        self.iteration = int(checkpoint["iteration"])
+        if isinstance(filename_or_checkpoint, dict):
+            source = "checkpoint"
+            checkpoint = checkpoints.check_keys(filename_or_checkpoint, checkpoints.RESUME_KEYS, source)
+        else:
+            source = str(filename_or_checkpoint)
+            checkpoint = checkpoints.load_resume_checkpoint(filename_or_checkpoint, self.device)
+        check_compatible(checkpoint, source, self.stage, self.screener_config)
+        restore_checkpoint(self, checkpoint)
         self._sync_epochs_with_iterations()
         self.print_to_log_file(f"resumed from {source} at iteration {self.iteration}")
 
-    def _check_compatible(self, checkpoint: Mapping[str, Any], source: str) -> None:
-        """The checkpoint must come from this stage with the same network config."""
-        missing = [k for k in ("screener_config", "iteration", "lr_scheduler_state") if k not in checkpoint]
-        if missing:
-            raise ScreenerError(f"{source} is not an nnScreener checkpoint (missing {missing})")
-        saved = ScreenerConfig.from_dict(checkpoint["screener_config"])
-        if checkpoint.get("stage") != self.stage or saved.network != self.screener_config.network:
-            raise ScreenerError(
-                f"{source} was trained as stage {checkpoint.get('stage')!r} with network {saved.network}; this run is "
-                f"{self.stage!r} with {self.screener_config.network}. Resume with the same settings or --overwrite."
-            )
+
+def per_rank_batch_size(batch: int, section: str, world_size: int) -> int:
+    """The config's batch size split evenly over ``world_size`` DDP ranks (cross-rank gathering needs equal sizes)."""
+    if batch % world_size:
+        raise ScreenerError(f"{section}.batch_size={batch} must be divisible by the number of GPUs ({world_size}); "
+                            f"set it with --set {section}.batch_size=N")
+    return batch // world_size
+
+
+def write_run_files(folder: Path, plans: Mapping[str, Any], dataset_json: Mapping[str, Any], config: ScreenerConfig,
+                    preprocessed_folder: Path) -> None:
+    """plans.json, dataset.json (nnU-Net's names), config.json and, when there is one, the dataset fingerprint."""
+    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (folder / "config.json").write_text(config.to_json())
+    fingerprint = preprocessed_folder / "dataset_fingerprint.json"
+    if fingerprint.is_file():
+        shutil.copyfile(fingerprint, folder / "dataset_fingerprint.json")
+
+
+def non_finite_error(value: torch.Tensor, what: str, logged: Mapping[str, float], iteration: int, stage: str,
+                     section: str, latest: Path) -> NonFiniteLossError:
+    """The NaN guard's one-line error: what was non-finite at which (1-based) iteration, the last good checkpoint."""
+    last_good = f"{latest}" if latest.is_file() else "none yet (no checkpoint was written)"
+    return NonFiniteLossError(
+        f"non-finite {what} ({float(value.float().flatten()[0])}) at iteration {iteration} of the {stage} stage "
+        f"(logged terms: {dict(logged)}). Training stopped without saving; last good checkpoint: {last_good}. "
+        f"Resume with --c, e.g. with a lower {section}.learning_rate (--set {section}.learning_rate=...)."
+    )
+
+
+def close_loader(loader: Any) -> None:
+    """Stops a loader's background workers (batchgenerators augmenters have ``_finish``)."""
+    for name in ("_finish", "close"):
+        stop = getattr(loader, name, None)
+        if callable(stop):
+            stop()
+            return
 
 
 def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -487,38 +406,49 @@ def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.T
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def plot_progress(logging: Mapping[str, list], output_file: Path, title: str = "") -> None:
-    """Writes progress.png: one panel per logged key prefix (``loss/``, ``health/``...), the LR and s/iteration.
+def checkpoint_of(trainer: ScreenerTrainerBase) -> Dict[str, Any]:
+    """Everything a stage checkpoint holds (keys: :mod:`nnscreener.checkpoints`), all ``weights_only``-loadable."""
+    scaler = trainer.grad_scaler
+    return {
+        "network_weights": _unwrap(trainer.network).state_dict(),
+        **{f"{name}_weights": _unwrap(m).state_dict() for name, m in trainer.extra_modules.items()},
+        "optimizer_state": trainer.optimizer.state_dict(),
+        "lr_scheduler_state": trainer.lr_scheduler.state_dict(),
+        "grad_scaler_state": scaler.state_dict() if scaler is not None else None,
+        "logging": checkpoints.plain(trainer.logger.get_checkpoint()),
+        "_best_ema": None,
+        "current_epoch": trainer.current_epoch + 1,
+        "iteration": trainer.iteration,
+        "init_args": checkpoints.plain(trainer.my_init_kwargs),
+        "trainer_name": type(trainer).__name__,
+        "inference_allowed_mirroring_axes": None,
+        "stage": trainer.stage,
+        "variant": trainer.variant,
+        "screener_config": trainer.screener_config.to_dict(),
+        **checkpoints.plain(trainer.checkpoint_extras()),
+    }
 
-    Args:
-        logging: nnU-Net's local-logger dict (one value per logging period); ``iterations`` gives the x axis.
-        output_file: the png path.
-    """
-    import matplotlib
 
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
+def restore_checkpoint(trainer: ScreenerTrainerBase, checkpoint: Mapping[str, Any]) -> None:
+    """Loads a checkpoint's weights, optimizer, scheduler, scaler, logger, epoch and iteration into ``trainer``."""
+    _unwrap(trainer.network).load_state_dict(_strip_module_prefix(checkpoint["network_weights"]))
+    for name, module in trainer.extra_modules.items():
+        _unwrap(module).load_state_dict(_strip_module_prefix(checkpoint[f"{name}_weights"]))
+    trainer.optimizer.load_state_dict(checkpoint["optimizer_state"])
+    trainer.lr_scheduler.load_state_dict(checkpoint["lr_scheduler_state"])
+    if trainer.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+        trainer.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+    trainer.logger.load_checkpoint(checkpoint["logging"])
+    trainer.my_init_kwargs = checkpoint["init_args"]
+    trainer.current_epoch = int(checkpoint["current_epoch"])
+    trainer.iteration = int(checkpoint["iteration"])
 
-    iterations = list(logging.get("iterations", []))
-    if not iterations:
-        return
-    panels: Dict[str, Dict[str, list]] = {"total loss": {"loss": logging.get("train_losses", [])}}
-    for key, values in logging.items():
-        if "/" in key and values:
-            panels.setdefault(key.split("/", 1)[0], {})[key.split("/", 1)[1]] = values
-    panels["learning rate"] = {"lr": logging.get("lrs", [])}
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
-    for ax, (panel, series) in zip(axes[:, 0], panels.items()):
-        for name, values in series.items():
-            n = min(len(values), len(iterations))
-            if n:
-                ax.plot(iterations[:n], values[:n], label=name, marker="." if n < 20 else None)
-        ax.set_ylabel(panel)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-    if title:
-        axes[0, 0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(output_file)
-    plt.close(fig)
+
+def check_compatible(checkpoint: Mapping[str, Any], source: str, stage: str, config: ScreenerConfig) -> None:
+    """A resumed checkpoint must come from ``stage`` with the same network config; else a ScreenerError."""
+    saved = ScreenerConfig.from_dict(checkpoint["screener_config"])
+    if checkpoint.get("stage") != stage or saved.network != config.network:
+        raise ScreenerError(
+            f"{source} was trained as stage {checkpoint.get('stage')!r} with network {saved.network}; this run is "
+            f"{stage!r} with {config.network}. Resume with the same settings or --overwrite."
+        )

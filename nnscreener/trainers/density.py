@@ -2,13 +2,13 @@
 
 The descriptor (and, for the ``masking`` condition, the condition model) are loaded frozen from their result
 folders (``descriptor__<variant>__<plans>``, ``condition__<variant>__<plans>``; the variant is
-``density.descriptor_variant`` / ``density.condition_variant`` or, when empty, ``paths.ssl_variant(ssl.objective,
+``density.descriptor_variant`` / ``density.condition_variant`` or, when empty, ``stages.ssl_variant(ssl.objective,
 network.embedding_dim)``). The trained module is the whole :class:`~nnscreener.model.ScreenerModel`, so the
 density checkpoint is self-contained for prediction; only its density parameters require gradients, so only they
 are optimised. The loss is the mean NLL (nats) over the batch and the pooled positions, with N(0, noise_std^2)
 noise on the pooled descriptors and conditions (training only).
 
-Result folder: ``density__<condition>_<density>__<plans>`` (``paths.density_variant``), so every variant of the
+Result folder: ``density__<condition>_<density>__<plans>`` (``stages.density_variant``), so every variant of the
 paper's grid (Tables 3-4) coexists and the predictor can pick one. Logged per period besides the loss: the median
 and 99th percentile of the per-voxel NLL (``nll/p50``, ``nll/p99``).
 """
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 from torch import nn
 
-from nnscreener import paths
+from nnscreener import paths, stages
 from nnscreener.config import ScreenerConfig
 from nnscreener.density.conditions import condition_option
 from nnscreener.errors import ScreenerError
@@ -29,37 +29,36 @@ from nnscreener.networks.dense_net import DenseFeatureNet, load_dense_net
 from nnscreener.trainers.base import ScreenerTrainerBase
 
 #: The frozen networks of the density stage: result-folder stage -> input channels (contract C6).
-FROZEN_INPUT_CHANNELS = {"descriptor": 1, "condition": 2}
+FROZEN_INPUT_CHANNELS = {name: stage.in_channels for name, stage in stages.STAGES.items() if stage.is_ssl}
 
 
 class DensityTrainer(ScreenerTrainerBase):
     """Trains the density model of ``density.condition`` x ``density.density`` on frozen descriptor maps."""
 
-    stage = "density"
+    stage = stages.DENSITY
     config_section = "density"
 
     @classmethod
     def variant_for(cls, config: ScreenerConfig) -> str:
         d = config.density
-        return paths.density_variant(d.condition, d.density, d.descriptor_variant,
-                                     d.condition_variant if d.condition == "masking" else "")
+        return stages.density_variant(d.condition, d.density, d.descriptor_variant, d.condition_variant)
 
     def frozen_stage_folder(self, stage: str) -> Path:
         """Result folder of the trained descriptor or condition model this run uses."""
         cfg = self.screener_config
         chosen = cfg.density.descriptor_variant if stage == "descriptor" else cfg.density.condition_variant
-        variant = chosen or paths.ssl_variant(cfg.ssl.objective, cfg.network.embedding_dim)
+        variant = chosen or stages.ssl_variant(cfg.ssl.objective, cfg.network.embedding_dim)
         return paths.stage_folder(self.plans_manager.dataset_name, stage, variant, self.plans_manager.plans_name)
 
     def load_frozen_network(self, stage: str) -> DenseFeatureNet:
-        """Loads ``checkpoint_final.pth`` of a trained descriptor / condition model (on CPU, eval mode).
+        """Loads the final checkpoint of a trained descriptor / condition model (on CPU, eval mode).
 
         Raises:
             ScreenerError: the stage was not trained (with the command to run), or it has the wrong input channels.
         """
         folder = self.frozen_stage_folder(stage)
         network, _ = load_dense_net(folder, "cpu")
-        expected = FROZEN_INPUT_CHANNELS[stage]
+        expected = stages.input_channels(stage)
         if network.in_channels != expected:
             raise ScreenerError(f"{folder} holds a network with {network.in_channels} input channels; a {stage} "
                                 f"model has {expected}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnscreener import paths
+from nnscreener import stages
 from nnscreener.config import SSLConfig, ScreenerConfig
 from nnscreener.networks.dense_net import build_dense_net, features_at
 from nnscreener.networks.heads import build_ssl_head
@@ -73,7 +73,7 @@ class SSLTrainerBase(ScreenerTrainerBase):
 
     @classmethod
     def variant_for(cls, config: ScreenerConfig) -> str:
-        return paths.ssl_variant(config.ssl.objective, config.network.embedding_dim)
+        return stages.ssl_variant(config.ssl.objective, config.network.embedding_dim)
 
     def build_network(self) -> nn.Module:
         return build_dense_net(self.screener_plans, self.in_channels)
@@ -117,7 +117,7 @@ class DescriptorTrainer(SSLTrainerBase):
     """The descriptor model: dense features of the image alone (in_channels 1, no masking)."""
 
     stage = "descriptor"
-    in_channels = 1
+    in_channels = stages.input_channels(stage)
     masking = False
 
 
@@ -125,7 +125,7 @@ class ConditionTrainer(SSLTrainerBase):
     """The condition model: block-masked views, input ``concat(view * mask, mask)`` (in_channels 2)."""
 
     stage = "condition"
-    in_channels = 2
+    in_channels = stages.input_channels(stage)
     masking = True
 
     def network_input(self, view: Tensor, mask: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from nnscreener import paths
 from nnscreener.cli.predict import main
+from nnscreener.checkpoints import FINAL_CHECKPOINT, save_checkpoint
 from nnscreener.model import build_screener_model
 from nnscreener.networks.dense_net import build_dense_net
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
@@ -35,8 +36,8 @@ def write_untrained_density_folder(plans) -> Path:
     model = build_screener_model(plans.config, build_dense_net(plans, 1), build_dense_net(plans, 2))
     folder = paths.stage_folder(DATASET_ID, "density", paths.density_variant("masking", "flow"), plans.plans_name)
     folder.mkdir(parents=True)
-    torch.save({"stage": "density", "screener_config": plans.config.to_dict(),
-                "network_weights": model.state_dict()}, folder / "checkpoint_final.pth")
+    save_checkpoint({"stage": "density", "screener_config": plans.config.to_dict(),
+                     "network_weights": model.state_dict()}, folder / FINAL_CHECKPOINT)
     (folder / "plans.json").write_text(json.dumps(plans.plans))
     (folder / "dataset.json").write_text(json.dumps(plans.dataset_json))
     return folder

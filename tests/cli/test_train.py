@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
+from nnscreener.checkpoints import load_checkpoint
 from nnscreener.cli.train import main, prepare_stage_folder
 from nnscreener.errors import ScreenerError
 from nnscreener.networks.dense_net import load_dense_net
@@ -40,7 +41,7 @@ def test_stage_run_writes_its_folder(dataset, stage, flags, folder_name, in_chan
     log = next(folder.glob("training_log_*.txt")).read_text()
     assert "iteration 3/3" in log and "health/cos_positive" in log
 
-    ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+    ckpt = load_checkpoint(folder / "checkpoint_final.pth")
     assert ckpt["iteration"] == 3 and ckpt["in_channels"] == in_channels and "ssl_head_weights" in ckpt
     config = json.loads((folder / "config.json").read_text())
     assert config["ssl"]["num_iterations"] == 3 and config == json.loads(json.dumps(ckpt["screener_config"]))
@@ -71,12 +72,12 @@ def test_resume_continues_from_the_latest_checkpoint(dataset, monkeypatch):
     with pytest.raises(Interrupted):
         main(["990", "descriptor", "--num_iterations", "4"] + TINY)
     folder = dataset / "descriptor__vicreg_d32__nnScreenerPlans_cpu"
-    latest = torch.load(folder / "checkpoint_latest.pth", weights_only=False)
+    latest = load_checkpoint(folder / "checkpoint_latest.pth")
     assert latest["iteration"] == 2 and not (folder / "checkpoint_final.pth").exists()
 
     monkeypatch.setattr(ScreenerTrainerBase, "on_epoch_end", original)
     assert main(["990", "descriptor", "--num_iterations", "4", "--c"] + TINY) == 0
-    final = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+    final = load_checkpoint(folder / "checkpoint_final.pth")
     assert final["iteration"] == 4 and final["lr_scheduler_state"]["last_epoch"] == 4
     adam_steps = {float(s["step"]) for s in final["optimizer_state"]["state"].values()}
     assert adam_steps == {4.0}
@@ -101,7 +102,7 @@ def test_nan_guard_stops_with_one_line_and_keeps_the_last_good_checkpoint(datase
     assert len(err.splitlines()) == 1 and "non-finite loss (nan) at iteration 3" in err
     folder = dataset / "descriptor__vicreg_d32__nnScreenerPlans_cpu"
     assert "checkpoint_latest.pth" in err and not (folder / "checkpoint_final.pth").exists()
-    assert torch.load(folder / "checkpoint_latest.pth", weights_only=False)["iteration"] == 2
+    assert load_checkpoint(folder / "checkpoint_latest.pth")["iteration"] == 2
 
 
 def test_refuses_to_overwrite_an_existing_run(dataset, capsys):

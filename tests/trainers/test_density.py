@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nnscreener import paths
+from nnscreener.checkpoints import FINAL_CHECKPOINT, load_checkpoint, save_checkpoint
 from nnscreener.cli.train import resolved_plans_dict
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.errors import ScreenerError
@@ -41,8 +42,8 @@ def write_frozen_stage(plans, stage: str, in_channels: int, embedding_dim: int =
     folder = paths.stage_folder(DATASET_ID, stage, variant, plans.plans_name)
     folder.mkdir(parents=True, exist_ok=True)
     config = merge(plans.config, {"network": {"embedding_dim": embedding_dim}})
-    torch.save({"network_weights": net.state_dict(), "screener_config": config.to_dict(),
-                "in_channels": in_channels}, folder / "checkpoint_final.pth")
+    save_checkpoint({"network_weights": net.state_dict(), "screener_config": config.to_dict(),
+                     "in_channels": in_channels}, folder / FINAL_CHECKPOINT)
     (folder / "plans.json").write_text(json.dumps(plans.plans))
     return folder
 
@@ -93,7 +94,7 @@ def test_every_variant_trains_and_its_folder_loads_for_prediction(frozen_stages,
     for name in ("checkpoint_final.pth", "plans.json", "dataset.json", "config.json", "progress.png"):
         assert (folder / name).is_file(), name
     assert next(folder.glob("training_log_*.txt")).read_text().count("nll/p99") == 2
-    ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+    ckpt = load_checkpoint(folder / "checkpoint_final.pth")
     config = json.loads((folder / "config.json").read_text())
     assert ckpt["stage"] == "density" and ckpt["iteration"] == 6 and ckpt["variant"] == f"{condition}_{density}"
     assert config["density"]["condition"] == condition and config == json.loads(json.dumps(ckpt["screener_config"]))
@@ -102,8 +103,7 @@ def test_every_variant_trains_and_its_folder_loads_for_prediction(frozen_stages,
 
     # only the density was optimised: the frozen networks are bit-identical to their checkpoints
     weights = ckpt["network_weights"]
-    descriptor = torch.load(trainer.frozen_stage_folder("descriptor") / "checkpoint_final.pth",
-                            weights_only=False)["network_weights"]
+    descriptor = load_checkpoint(trainer.frozen_stage_folder("descriptor") / FINAL_CHECKPOINT)["network_weights"]
     assert all(torch.equal(weights[f"descriptor.{k}"], v) for k, v in descriptor.items())
     assert any(k.startswith("condition.network.") for k in weights) == (condition == "masking")
     optimised = sum(len(g["params"]) for g in ckpt["optimizer_state"]["param_groups"])
@@ -163,10 +163,10 @@ def test_cli_trains_a_variant_and_continues_it(frozen_stages, nnunet_env):
     assert main(argv + ["--num_iterations", "3"]) == 0
     folder = nnunet_env["nnUNet_results"] / f"Dataset{DATASET_ID}_Fake" / \
         f"density__sincos_flow__{frozen_stages.plans_name}"
-    first = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+    first = load_checkpoint(folder / "checkpoint_final.pth")
     assert first["iteration"] == 3 and first["screener_config"]["density"]["condition"] == "sincos"
     assert main(argv + ["--num_iterations", "6", "--c"]) == 0
-    final = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+    final = load_checkpoint(folder / "checkpoint_final.pth")
     assert final["iteration"] == 6 and final["screener_config"]["density"]["num_iterations"] == 6
     adam_steps = {float(s["step"]) for s in final["optimizer_state"]["state"].values()}
     assert adam_steps == {6.0}  # one optimizer state carried across the continuation

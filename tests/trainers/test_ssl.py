@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
+from nnscreener.checkpoints import load_checkpoint
 from nnscreener.cli.train import resolved_plans_dict
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.errors import ScreenerError
@@ -128,7 +129,7 @@ def test_checkpoint_round_trip_and_mismatch(plans, tmp_path):
     trainer.train_step(batch_of((view, view), random_idx(8, (8, 16, 16), 0), random_idx(8, (8, 16, 16), 0)))
     path = str(tmp_path / "ckpt.pth")
     trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = load_checkpoint(path)
     assert ckpt["in_channels"] == 2 and ckpt["iteration"] == 1 and ckpt["stage"] == "condition"
     assert "ssl_head_weights" in ckpt and tuple(ckpt["screener_config"]["network"]["patch_size_xyz"]) == (16, 16, 8)
 

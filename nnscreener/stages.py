@@ -1,0 +1,93 @@
+"""The registry of Screener's training stages: trainer, result-folder naming, SSL or not, input channels.
+
+Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern with the stage and its variant in place
+of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__nnScreenerPlans``,
+``density__masking_flow__nnScreenerPlans``). Trainer classes are imported only when asked for, so this module
+stays cheap to import and free of import cycles (the trainers import it).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Dict, Optional, Type
+
+from nnscreener.errors import ScreenerError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage.
+
+    Attributes:
+        name: ``descriptor`` | ``condition`` | ``density``; the first part of the result folder's name.
+        trainer: ``module:Class`` of its trainer (imported by :meth:`trainer_class`).
+        is_ssl: whether it is a dense SSL stage (trains a DenseFeatureNet; config section ``ssl``).
+        in_channels: input channels of the network it trains (1: the image; 2: the masked image and the mask),
+            or None for the density stage.
+    """
+
+    name: str
+    trainer: str
+    is_ssl: bool
+    in_channels: Optional[int]
+
+    def trainer_class(self) -> Type:
+        """The trainer class (a ``ScreenerTrainerBase`` subclass), imported now."""
+        module, cls = self.trainer.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+STAGES: Dict[str, Stage] = {
+    "descriptor": Stage("descriptor", "nnscreener.trainers.ssl:DescriptorTrainer", is_ssl=True, in_channels=1),
+    "condition": Stage("condition", "nnscreener.trainers.ssl:ConditionTrainer", is_ssl=True, in_channels=2),
+    "density": Stage("density", "nnscreener.trainers.density:DensityTrainer", is_ssl=False, in_channels=None),
+}
+STAGE_NAMES = tuple(STAGES)
+DENSITY = "density"
+
+
+def get_stage(name: str) -> Stage:
+    """Looks a stage up; raises ScreenerError listing the valid ones."""
+    if name not in STAGES:
+        raise ScreenerError(f"unknown stage {name!r}; choose one of {list(STAGE_NAMES)}")
+    return STAGES[name]
+
+
+def trainer_class(name: str) -> Type:
+    """The trainer class of stage ``name``."""
+    return get_stage(name).trainer_class()
+
+
+def input_channels(name: str) -> int:
+    """Input channels of the network an SSL stage trains (descriptor 1, condition 2)."""
+    stage = get_stage(name)
+    if stage.in_channels is None:
+        raise ScreenerError(f"stage {name!r} trains no dense feature network")
+    return stage.in_channels
+
+
+def ssl_variant(objective: str, embedding_dim: int) -> str:
+    """Variant name of a descriptor / condition run, e.g. ``vicreg_d32``."""
+    return f"{objective}_d{embedding_dim}"
+
+
+def density_variant(condition: str, density: str, descriptor_variant: str = "", condition_variant: str = "") -> str:
+    """Variant name of a density run, e.g. ``masking_flow``.
+
+    When the run uses a descriptor or condition model other than the default variant of its config, that
+    variant is part of the name (``masking_flow_desc-infonce_d32``), so runs on different frozen models coexist.
+    ``condition_variant`` counts only for a condition that uses the trained condition network.
+    """
+    from nnscreener.density.conditions import condition_option
+
+    name = f"{condition}_{density}"
+    if descriptor_variant:
+        name += f"_desc-{descriptor_variant}"
+    if condition_variant and condition_option(condition).needs_trained_network:
+        name += f"_cond-{condition_variant}"
+    return name
+
+
+def folder_name(stage: str, variant: str, plans_name: str) -> str:
+    """``<stage>__<variant>__<plans>``; raises ScreenerError for an unknown stage."""
+    return f"{get_stage(stage).name}__{variant}__{plans_name}"
