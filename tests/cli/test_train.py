@@ -161,3 +161,30 @@ def test_prepare_stage_folder_ignores_fresh_folders(tmp_path):
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "checkpoint_latest.pth").write_bytes(b"")
         prepare_stage_folder(tmp_path / "run", continue_training=False, overwrite=False)
+
+
+def test_seed_flag_and_set_override_reach_the_config():
+    from nnscreener.cli.train import build_parser, run_overrides
+    from nnscreener.config import ScreenerConfig, merge
+
+    assert ScreenerConfig().seed == 0
+    assert run_overrides(build_parser().parse_args(["990", "descriptor", "--seed", "7"]))["seed"] == 7
+    by_set = run_overrides(build_parser().parse_args(["990", "density", "--set", "seed=3"]))
+    assert merge(ScreenerConfig(), by_set).seed == 3
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_differs(dataset):
+    """Three-step condition runs (network init, masking, augmentation and a background loader worker all random):
+    the same --seed twice gives bit-identical weights, another seed different ones."""
+    folder = dataset / "condition__vicreg_d32__nnScreenerPlans_cpu"
+
+    def weights_after_run(seed: int) -> dict:
+        argv = ["990", "condition", "--num_iterations", "3", "--seed", str(seed), "--overwrite"] + TINY
+        assert main(argv) == 0
+        checkpoint = load_checkpoint(folder / "checkpoint_final.pth")
+        assert checkpoint["screener_config"]["seed"] == seed
+        return {**checkpoint["network_weights"], **checkpoint["ssl_head_weights"]}
+
+    first, again, other = weights_after_run(1), weights_after_run(1), weights_after_run(2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

@@ -1,0 +1,39 @@
+"""The stage registry: trainers, folder naming, SSL flag and input channels in one place."""
+from __future__ import annotations
+
+import pytest
+
+from nnscreener import paths, stages
+from nnscreener.errors import ScreenerError
+
+
+def test_registry_names_trainers_and_channels():
+    from nnscreener.trainers.density import FROZEN_INPUT_CHANNELS, DensityTrainer
+    from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer
+
+    assert stages.STAGE_NAMES == paths.STAGES == ("descriptor", "condition", "density")
+    assert [stages.trainer_class(s) for s in stages.STAGE_NAMES] == [DescriptorTrainer, ConditionTrainer,
+                                                                     DensityTrainer]
+    assert all(stages.trainer_class(s).stage == s for s in stages.STAGE_NAMES)
+    assert [stages.get_stage(s).is_ssl for s in stages.STAGE_NAMES] == [True, True, False]
+    assert (DescriptorTrainer.in_channels, ConditionTrainer.in_channels) == (1, 2)
+    assert FROZEN_INPUT_CHANNELS == {"descriptor": 1, "condition": 2}
+    with pytest.raises(ScreenerError, match="trains no dense feature network"):
+        stages.input_channels("density")
+    with pytest.raises(ScreenerError, match=r"unknown stage 'segmentation'; choose one of \['descriptor'"):
+        stages.trainer_class("segmentation")
+
+
+def test_folder_names_and_variants():
+    assert stages.folder_name("descriptor", stages.ssl_variant("vicreg", 32), "P") == "descriptor__vicreg_d32__P"
+    assert stages.density_variant("masking", "flow") == "masking_flow"
+    assert stages.density_variant("masking", "flow", "infonce_d32", "vicreg_d16") == \
+        "masking_flow_desc-infonce_d32_cond-vicreg_d16"
+    # a condition variant only names runs whose condition uses the trained condition network
+    assert stages.density_variant("sincos", "gaussian", "", "vicreg_d16") == "sincos_gaussian"
+    assert stages.density_variant("none", "flow", "infonce_d32", "x") == "none_flow_desc-infonce_d32"
+
+
+def test_stage_folder_rejects_unknown_stages(nnunet_env):
+    with pytest.raises(ScreenerError, match="unknown stage 'detector'"):
+        paths.stage_folder(1, "detector", "v")
