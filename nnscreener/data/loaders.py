@@ -3,8 +3,11 @@
 Both loaders are batchgenerators ``DataLoader`` subclasses over ``nnUNetDatasetBlosc2`` (memory-mapped: only the
 crop regions are read, never a whole dataset), wrapped in batchgenerators' ``NonDetMultiThreadedAugmenter`` when
 ``num_workers > 0`` (``SingleThreadedAugmenter`` when 0), as nnU-Net's trainer does. Every worker draws from its
-own ``numpy`` generator seeded with ``(seed, worker id)``, so a run is reproducible per worker and workers never
-repeat each other (the batch order across workers is not deterministic).
+own ``numpy`` generator seeded with ``(seed, worker id)`` (and batchgenerators seeds the worker's global numpy and
+torch with ``seed + worker id``), so a run is reproducible per worker and workers never repeat each other (the
+batch order across several workers is not deterministic; with one worker, the CPU default, it is). The trainers
+derive ``seed`` from the config's ``seed``, the DDP rank and the resume iteration
+(:func:`nnscreener.trainers.seeding.run_seed`).
 """
 from __future__ import annotations
 

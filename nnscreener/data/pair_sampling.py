@@ -261,6 +261,23 @@ def _anchor_indices(lo: int, hi: int, start: int, size: int, patch: int, margin:
     return np.array([int(np.clip(np.floor(middle + 0.5), 0, patch - 1))])
 
 
+def _body_candidates(body_mask: Any, orientation: Orientation, centres: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+    """Flat indices into the candidate grid of the candidates inside the body, or None when there are none.
+
+    Args:
+        body_mask: (z, y, x) or (1, z, y, x) array in volume coordinates, > 0 inside the body.
+        orientation: the pair's shared flips / rot90 (the grid lives in the oriented frame).
+        centres: per axis (z, y, x), the candidates' centres in frame coordinates (voxels), shape (g_axis,).
+    """
+    nearest = [np.floor(c + 0.5 + 1e-6).astype(np.int64) for c in centres]  # centres' volume voxels
+    start = [int(q.min()) for q in nearest]
+    stop = [int(q.max()) + 1 for q in nearest]
+    region = _read_oriented_box(body_mask, orientation, start, stop)
+    region = region.reshape(region.shape[-3:]) > 0
+    inside = region[np.ix_(*[q - s for q, s in zip(nearest, start)])]  # (gz, gy, gx) bool
+    return np.flatnonzero(inside) if inside.any() else None
+
+
 def sample_positions(params: PairParams, body_mask: Optional[Any], n: int,
                      rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Draws ``n`` positions in the overlap of the two views and returns their voxel indices in each view.
@@ -298,15 +315,7 @@ def sample_positions(params: PairParams, body_mask: Optional[Any], n: int,
         centres.append(view_to_frame(j, coarse.start_zyx[a], coarse.size_zyx[a], patch[a]))
     grid_shape = tuple(len(j) for j in anchors)
 
-    candidates = None
-    if body_mask is not None:
-        nearest = [np.floor(c + 0.5 + 1e-6).astype(np.int64) for c in centres]  # centres' volume voxels
-        start = [int(q.min()) for q in nearest]
-        stop = [int(q.max()) + 1 for q in nearest]
-        region = _read_oriented_box(body_mask, params.orientation, start, stop)
-        region = region.reshape(region.shape[-3:]) > 0
-        inside = region[np.ix_(*[q - s for q, s in zip(nearest, start)])]  # (gz, gy, gx) bool
-        candidates = np.flatnonzero(inside) if inside.any() else None
+    candidates = None if body_mask is None else _body_candidates(body_mask, params.orientation, centres)
     if candidates is None:
         flat = rng.integers(0, int(np.prod(grid_shape)), size=n)
     else:
