@@ -9,7 +9,7 @@ for ``--c``. What differs, and is overridden here:
   ``"nnscreener"`` block (the CLI merges its overrides there first: nnU-Net trainers cannot take extra
   ``__init__`` arguments). Results go to ``nnscreener.paths.stage_folder(...)`` (no ``fold_`` subfolder).
 - **Iterations, not epochs.** One nnU-Net "epoch" is ``log_every`` iterations (one log line and progress point);
-  ``num_epochs = ceil(num_iterations / log_every)``; ``checkpoint_latest.pth`` is written whenever the iteration
+  ``num_epochs = ceil(num_iterations / log_every)``; ``LATEST_CHECKPOINT`` is written whenever the iteration
   count crosses a multiple of ``checkpoint_every``. No validation.
 - **Optimization.** AdamW with a per-iteration warm-up / linear-decay LR (:mod:`nnscreener.trainers.schedule`),
   gradient clipping, bf16 autocast on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 on CPU.
