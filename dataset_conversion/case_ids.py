@@ -27,6 +27,7 @@ def numbered_case_ids(groups: Mapping[str, Sequence[str]]) -> dict[tuple[str, st
 
 
 def require_unique_case_ids(tasks: Sequence[Any]) -> None:
+    """Raises ScreenerError when two tasks share a ``case_id`` (e.g. -i points at two copies of a dataset)."""
     seen: dict[str, Any] = {}
     for task in tasks:
         if task.case_id in seen:

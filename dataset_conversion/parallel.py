@@ -17,6 +17,7 @@ Task = TypeVar("Task")
 
 
 def default_num_processes() -> int:
+    """The default worker count of ``-np``: the CPU count, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
 
 

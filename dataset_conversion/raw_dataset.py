@@ -59,6 +59,7 @@ class OutputDataset:
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """``DatasetXXX_name``; raises ScreenerError for an id outside 1-999 or a name nnU-Net cannot use."""
     if not 1 <= dataset_id <= 999:
         raise ScreenerError(f"dataset id {dataset_id} is out of range: nnU-Net ids are 1-999")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
