@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dataset_conversion.common import (DatasetSpec, OutputDataset, build_parser, copy_or_convert_nifti,
-                                       run_converter)
+from dataset_conversion.raw_dataset import DatasetSpec, OutputDataset, copy_or_convert_nifti
+from dataset_conversion.runner import build_parser, run_converter
 
 SPEC = DatasetSpec(module="convert_abdomenatlas", default_name="AbdomenAtlas", split="Tr",
                    description="AbdomenAtlas CT scans, unlabeled (organ masks not used)",

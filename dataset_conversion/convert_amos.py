@@ -29,9 +29,10 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.common import (DatasetSpec, OutputDataset, build_parser, read_image, run_converter,
-                                       write_unlabeled_case)
+from dataset_conversion.raw_dataset import DatasetSpec, OutputDataset, write_unlabeled_case
+from dataset_conversion.runner import build_parser, run_converter
 from nnscreener.errors import ScreenerError
+from nnscreener.io.images import read_image
 
 SPEC = DatasetSpec(module="convert_amos", default_name="AMOSCT", split="Tr",
                    description="AMOS abdominal CT scans (MRI excluded), unlabeled",

@@ -36,10 +36,12 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from dataset_conversion.common import (DatasetSpec, DicomSeries, OutputDataset, build_parser, check_ct_series,
-                                       numbered_case_ids, rasterize_polygon, read_dicom_series, run_converter,
-                                       sanitize_case_id, scan_dicom_folder, write_labeled_case)
+from dataset_conversion.case_ids import numbered_case_ids, sanitize_case_id
+from dataset_conversion.rasterize import rasterize_polygon
+from dataset_conversion.raw_dataset import DatasetSpec, OutputDataset, write_labeled_case
+from dataset_conversion.runner import build_parser, run_converter
 from nnscreener.errors import ScreenerError
+from nnscreener.io.dicom import DicomSeries, check_ct_series, read_dicom_series, scan_dicom_folder
 
 SPEC = DatasetSpec(module="convert_lidc", default_name="LIDC", split="Ts", lesion_kind="lung_nodule",
                    description="LIDC-IDRI chest CT; labelsTs: 1 = lung nodule >= 3 mm by reader consensus",

@@ -23,9 +23,10 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.common import (DatasetSpec, OutputDataset, build_parser, check_same_grid, read_image,
-                                       run_converter, write_labeled_case)
+from dataset_conversion.raw_dataset import DatasetSpec, OutputDataset, check_same_grid, write_labeled_case
+from dataset_conversion.runner import build_parser, run_converter
 from nnscreener.errors import ScreenerError
+from nnscreener.io.images import read_image
 
 SPEC = DatasetSpec(module="convert_lits", default_name="LiTS", split="Ts", lesion_kind="liver_tumor",
                    description="LiTS liver CT; labelsTs: 1 = liver tumor (source label 2)",

@@ -39,11 +39,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from dataset_conversion.common import (DatasetSpec, OutputDataset, build_parser, check_ct_series,
-                                       first_dicom_header, is_candidate_dicom_file, numbered_case_ids,
-                                       rasterize_polygon, read_dicom_series, run_converter, scan_dicom_folder,
-                                       write_labeled_case)
+from dataset_conversion.case_ids import numbered_case_ids
+from dataset_conversion.rasterize import rasterize_polygon
+from dataset_conversion.raw_dataset import DatasetSpec, OutputDataset, write_labeled_case
+from dataset_conversion.runner import build_parser, run_converter
 from nnscreener.errors import ScreenerError
+from nnscreener.io.dicom import (check_ct_series, first_dicom_header, is_candidate_dicom_file, read_dicom_series,
+                                 scan_dicom_folder)
 
 SPEC = DatasetSpec(module="convert_midrc_ricord", default_name="MIDRCRICORD1a", split="Ts",
                    lesion_kind="pneumonia_opacity",

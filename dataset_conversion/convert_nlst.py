@@ -9,7 +9,7 @@ One case per study folder (a screening round of a patient), named ``<PatientID>_
 several reconstructions of the same scan; the converter reads every DICOM header below the study folder, groups
 files by SeriesInstanceUID and keeps the series that pass the CT checks (Modality CT, not a localizer, >= 3
 slices, equal orientation / spacing / size, no missing or duplicate slices, no gantry tilt, no unreadable file; see
-``dataset_conversion.common.check_ct_series``). Of those it converts ONE, chosen by:
+``nnscreener.io.dicom.check_ct_series``). Of those it converts ONE, chosen by:
 
     thinnest slice spacing, then most slices, then lowest SeriesNumber, then SeriesInstanceUID.
 
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dataset_conversion.common import (DatasetSpec, DicomSeries, OutputDataset, build_parser, check_ct_series,
-                                       read_dicom_series, run_converter, sanitize_case_id, scan_dicom_folder,
-                                       write_unlabeled_case)
+from dataset_conversion.case_ids import sanitize_case_id
+from dataset_conversion.raw_dataset import DatasetSpec, OutputDataset, write_unlabeled_case
+from dataset_conversion.runner import build_parser, run_converter
 from nnscreener.errors import ScreenerError
+from nnscreener.io.dicom import DicomSeries, check_ct_series, read_dicom_series, scan_dicom_folder
 
 SPEC = DatasetSpec(module="convert_nlst", default_name="NLST", split="Tr",
                    description="NLST low-dose chest CT, one series per study, unlabeled",

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from nnscreener.errors import ScreenerError
+from nnscreener.io.images import IMAGE_ENDINGS
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")  # longest first where one ends another
 OUTPUT_ENDING = ".nii.gz"
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

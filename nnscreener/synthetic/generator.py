@@ -205,6 +205,28 @@ def _jobs(folder: Path, n_train: int, n_test: int, size: str, seed: int, lesion_
     return jobs
 
 
+def _run_jobs(jobs: List[Dict], processes: int, desc: str, progress: bool) -> List[Dict]:
+    """Runs ``_make_case`` on every job, in ``processes`` spawned workers when more than one, and returns the case
+    summaries in job order (``imap`` keeps the order, so the result does not depend on ``processes``)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress)
+    summaries = []
+    if processes == 1:
+        for job in jobs:
+            summaries.append(_make_case(job))
+            bar.update()
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
+            for summary in pool.imap(_make_case, jobs):
+                summaries.append(summary)
+                bar.update()
+    bar.close()
+    return summaries
+
+
 def generate_dataset(
     out_root: Path,
     dataset_id: int = 500,
@@ -243,27 +265,12 @@ def generate_dataset(
     Raises:
         ScreenerError: bad arguments, an existing dataset without ``overwrite``, another dataset with the same id.
     """
-    from tqdm import tqdm
-
     _validate(n_train, n_test, size, lesion_share, num_processes)
     folder_name = writer.dataset_folder_name(dataset_id, name)
     final, staging = writer.prepare_staging(Path(out_root), folder_name, overwrite)
     jobs = _jobs(staging, n_train, n_test, size, seed, lesion_share)
     processes = min(num_processes or _default_processes(size), len(jobs))
-    bar = tqdm(total=len(jobs), desc=f"generating {folder_name}", unit="case", disable=not progress)
-    summaries = []
-    if processes == 1:
-        for job in jobs:
-            summaries.append(_make_case(job))
-            bar.update()
-    else:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
-            for summary in pool.imap(_make_case, jobs):
-                summaries.append(summary)
-                bar.update()
-    bar.close()
+    summaries = _run_jobs(jobs, processes, f"generating {folder_name}", progress)
     writer.write_json(staging / "dataset.json", _dataset_json(name, n_train, n_test, size, seed, lesion_share))
     writer.write_json(staging / "synthetic_cases.json", {"cases": summaries})
     writer.publish(staging, final)

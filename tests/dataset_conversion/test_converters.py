@@ -4,21 +4,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
-from dataset_conversion import (common, convert_abdomenatlas, convert_amos, convert_kits, convert_lidc, convert_lits,
-                                convert_midrc_ricord, convert_nlst)
+from dataset_conversion import (case_ids, convert_abdomenatlas, convert_amos, convert_kits, convert_lidc, convert_lits,
+                                convert_midrc_ricord, convert_nlst, rasterize, raw_dataset)
 from nnscreener.errors import ScreenerError
-
-SHAPE_YX = (16, 16)
-SPACING_YX = (0.7, 0.8)  # DICOM PixelSpacing: between rows (y), between columns (x), mm
-ORIGIN_XY = (-10.0, 20.0)
+from tests.io.dicom_files import ORIGIN_XY, stored_pixels, write_dicom_series
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -28,48 +24,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
     """relative path -> sha256 of every file below ``folder`` (the source must stay byte-identical)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def stored_pixels(num_slices: int, seed: int) -> np.ndarray:
-    """int16 (z, y, x) stored values, distinct per voxel position."""
-    return np.random.default_rng(seed).integers(0, 2000, size=(num_slices, *SHAPE_YX)).astype(np.int16)
-
-
-def write_dicom_series(folder: Path, stored_zyx: np.ndarray, z_positions: Sequence[float], *,
-                       modality: str = "CT", slope: float = 1.0, intercept: float = -1024.0,
-                       series_uid: Optional[str] = None, study_uid: str = "1.2.3.4", patient_id: str = "P",
-                       description: str = "", series_number: int = 1,
-                       image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL")) -> list[str]:
-    """Writes one single-frame DICOM file per slice (file names in REVERSE position order, so readers must sort by
-    ImagePositionPatient). Returns the SOPInstanceUIDs in slice order k."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
-    sops = []
-    for k, (pixels, z) in enumerate(zip(stored_zyx, z_positions)):
-        sop = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = study_uid, series_uid, patient_id
-        ds.Modality, ds.ImageType = modality, list(image_type)
-        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, series_number, k + 1
-        ds.ImagePositionPatient = [ORIGIN_XY[0], ORIGIN_XY[1], float(z)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = list(SPACING_YX)
-        ds.SliceThickness = 1.0
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = pixels.astype("<i2").tobytes()
-        ds.save_as(folder / f"{len(stored_zyx) - k:04d}.dcm", enforce_file_format=True)
-        sops.append(sop)
-    return sops
 
 
 def write_nifti(path: Path, array_zyx: np.ndarray, spacing=(0.9, 0.8, 2.0), origin=(5.0, -3.0, 11.0),
@@ -106,7 +60,7 @@ def conversion_log(folder: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# common: polygons, series checks, output folder
+# shared machinery: polygons, case ids, output folder
 # ---------------------------------------------------------------------------------------------------------------
 def test_rasterize_polygon_matches_hand_drawn_rectilinear_shapes():
     # L-shape: the rectangle x 2..9, y 3..6 plus x 2..5, y 6..11 (closed, vertices as (x, y))
@@ -114,52 +68,20 @@ def test_rasterize_polygon_matches_hand_drawn_rectilinear_shapes():
     expected = np.zeros((16, 16), bool)
     expected[3:7, 2:10] = True
     expected[6:12, 2:6] = True
-    np.testing.assert_array_equal(common.rasterize_polygon(xs, ys, (16, 16), include_outline=True), expected)
+    np.testing.assert_array_equal(rasterize.rasterize_polygon(xs, ys, (16, 16), include_outline=True), expected)
     interior = np.zeros((16, 16), bool)
     interior[4:6, 3:9] = True
     interior[6:11, 3:5] = True
-    np.testing.assert_array_equal(common.rasterize_polygon(xs, ys, (16, 16), include_outline=False), interior)
+    np.testing.assert_array_equal(rasterize.rasterize_polygon(xs, ys, (16, 16), include_outline=False), interior)
     # partly outside the slice: clipped, no wrap-around
-    clipped = common.rasterize_polygon([-3, 4, 4, -3], [12, 12, 20, 20], (16, 16), include_outline=True)
+    clipped = rasterize.rasterize_polygon([-3, 4, 4, -3], [12, 12, 20, 20], (16, 16), include_outline=True)
     expected = np.zeros((16, 16), bool)
     expected[12:, :5] = True
     np.testing.assert_array_equal(clipped, expected)
 
 
-def _slice(k: int, position, **changes) -> common.DicomSlice:
-    fields = dict(path=Path(f"/s/{k}.dcm"), series_uid="1.2", sop_uid=f"9.{k}", study_uid="1", patient_id="p",
-                  modality="CT", image_type=("ORIGINAL",), position=None if position is None else tuple(position),
-                  orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.7, 0.8), rows=16, columns=16, frames=1,
-                  series_description="", series_number=1)
-    fields.update(changes)
-    return common.DicomSlice(**fields)
-
-
-def test_check_ct_series_sorts_by_position_and_rejects_broken_stacks():
-    slices = [_slice(k, (0, 0, z)) for k, z in enumerate([5.0, -5.0, 0.0, 10.0])]
-    series = common.check_ct_series(slices)
-    assert [s.position[2] for s in series.slices] == [-5.0, 0.0, 5.0, 10.0]
-    assert series.slice_spacing == pytest.approx(5.0)
-    cases = {
-        "same position": [_slice(k, (0, 0, z)) for k, z in enumerate([0.0, 5.0, 5.0, 10.0])],
-        "inconsistent slice spacing": [_slice(k, (0, 0, z)) for k, z in enumerate([0.0, 5.0, 15.0, 20.0])],
-        "gantry tilt": [_slice(k, (0, 0.5 * k, 5.0 * k)) for k in range(4)],
-        "ImageOrientationPatient": [_slice(k, (0, 0, 5.0 * k), orientation=(1, 0, 0, 0, 0.9, 0.1) if k == 2
-                                           else (1, 0, 0, 0, 1, 0)) for k in range(4)],
-        "not CT": [_slice(k, (0, 0, 5.0 * k), modality="MR") for k in range(4)],
-        "localizer": [_slice(k, (0, 0, 5.0 * k), image_type=("ORIGINAL", "LOCALIZER")) for k in range(4)],
-        "needs at least": [_slice(k, (0, 0, 5.0 * k)) for k in range(2)],
-        "lacks position": [_slice(k, (0, 0, 5.0 * k)) for k in range(3)] + [_slice(3, None)],
-    }
-    for message, broken in cases.items():
-        with pytest.raises(ScreenerError, match=message):
-            common.check_ct_series(broken)
-    with pytest.raises(ScreenerError, match="unreadable file"):
-        common.check_ct_series(slices, unreadable=[(Path("/s/x.dcm"), "unreadable DICOM file /s/x.dcm")])
-
-
 def test_numbered_case_ids_number_only_groups_with_several_members():
-    ids = common.numbered_case_ids({"P1": ["b", "a"], "P2": ["z"]})
+    ids = case_ids.numbered_case_ids({"P1": ["b", "a"], "P2": ["z"]})
     assert ids == {("P1", "a"): "P1_1", ("P1", "b"): "P1_2", ("P2", "z"): "P2"}
 
 
@@ -167,12 +89,12 @@ def test_output_folder_refuses_overlap_with_source_and_taken_ids(tmp_path: Path)
     source = tmp_path / "src"
     source.mkdir()
     with pytest.raises(ScreenerError, match="overlap"):
-        common.prepare_output_dataset(source, 7, "X", "Tr", source, overwrite=False)
+        raw_dataset.prepare_output_dataset(source, 7, "X", "Tr", source, overwrite=False)
     (tmp_path / "out" / "Dataset007_Other").mkdir(parents=True)
     with pytest.raises(ScreenerError, match="already used"):
-        common.prepare_output_dataset(tmp_path / "out", 7, "X", "Tr", source, overwrite=False)
+        raw_dataset.prepare_output_dataset(tmp_path / "out", 7, "X", "Tr", source, overwrite=False)
     with pytest.raises(ScreenerError, match="1-999"):
-        common.dataset_folder_name(1000, "X")
+        raw_dataset.dataset_folder_name(1000, "X")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -524,28 +446,3 @@ def test_every_converter_has_help_naming_its_layout(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert "-i INPUT" in text and "--overwrite" in text and "Source layout" in text
-
-
-def test_to_int16_hu_rounds_clips_slabwise_and_rejects_nan():
-    values = np.random.default_rng(9).uniform(-40000, 40000, size=(70, 3, 4)).astype(np.float32)
-    image = sitk.GetImageFromArray(values)
-    image.SetSpacing((0.5, 0.6, 3.0))
-    out = common.to_int16_hu(image, "x", slab=32)
-    assert out.GetPixelID() == sitk.sitkInt16 and out.GetSpacing() == image.GetSpacing()
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), np.clip(np.rint(values), -32768, 32767))
-    unsigned = sitk.GetImageFromArray(np.array([[[0, 40000, 1200]]], dtype=np.uint16))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(common.to_int16_hu(unsigned, "u")), [[[0, 32767, 1200]]])
-    values[40, 1, 2] = np.nan
-    with pytest.raises(ScreenerError, match="NaN"):
-        common.to_int16_hu(sitk.GetImageFromArray(values), "scan.nii.gz")
-
-
-def test_truncated_dicom_pixels_are_reported_by_the_series_reader(tmp_path: Path):
-    folder = tmp_path / "series"
-    write_dicom_series(folder, stored_pixels(4, 10), [0, 2, 4, 6])
-    victim = sorted(folder.iterdir())[1]
-    victim.write_bytes(victim.read_bytes()[:-200])  # header intact, pixel data cut short
-    scan = common.scan_dicom_folder(folder)
-    series = common.check_ct_series(scan.series()[scan.slices[0].series_uid], scan.unreadable)
-    with pytest.raises(ScreenerError, match="cannot be read"):
-        common.read_dicom_series(series)
