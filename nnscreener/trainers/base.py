@@ -12,7 +12,7 @@ for ``--c``. What differs, and is overridden here:
   ``num_epochs = ceil(num_iterations / log_every)``; ``checkpoint_latest.pth`` is written whenever the iteration
   count crosses a multiple of ``checkpoint_every``. No validation.
 - **Optimization.** AdamW (lr, weight decay, eps from the config), a per-iteration LambdaLR (linear warm-up
-  from 0, then linear decay to 0; chosen over the authors' OneCycleLR, see implementation notes 2.6), gradient
+  from 0, then linear decay to 0; chosen over the authors' OneCycleLR, see docs/method-notes.md 2.6), gradient
   clipping, bf16 autocast on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 on CPU.
 - **Checkpoints** additionally hold ``lr_scheduler_state``, ``iteration``, ``screener_config``, ``stage``,
   ``variant``, every extra module (``<name>_weights``) and :meth:`checkpoint_extras`; ``--c`` restores them.
@@ -194,7 +194,7 @@ class ScreenerTrainerBase(nnUNetTrainer):
                              self.plans_manager.plans, self.dataset_json, self.screener_config)
 
     def _move_to_stage_folder(self) -> None:
-        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (contract C10)."""
+        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (docs/design.md C10)."""
         nnunet_folder = Path(self.output_folder)
         folder = paths.stage_folder(self.plans_manager.dataset_name, self.stage, self.variant,
                                     self.plans_manager.plans_name)
