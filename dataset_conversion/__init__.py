@@ -1,7 +1,7 @@
 """Converters of public CT datasets into nnU-Net raw datasets.
 
 Every converter reads one public dataset in its ORIGINAL layout (never writing into it) and writes an nnU-Net raw
-dataset (contract C1) under ``$nnUNet_raw/DatasetXXX_Name`` (or ``-o``):
+dataset (docs/design.md C1) under ``$nnUNet_raw/DatasetXXX_Name`` (or ``-o``):
 
 - unlabeled training sets: ``imagesTr/{case}_0000.nii.gz`` only (no ``labelsTr``), ``labels {"background": 0}``;
 - labeled test sets: ``imagesTs/{case}_0000.nii.gz`` + ``labelsTs/{case}.nii.gz`` (uint8, 1 = pathology, the

@@ -5,7 +5,7 @@ bool, None, ``torch.device``), so it loads with ``torch.load(..., weights_only=T
 ever loaded: a file that needs anything else (e.g. a pickled object of some class) is refused without running any
 of its code.
 
-Keys (contract C6, C9, C10):
+Keys (docs/design.md C6, C9, C10):
 
 - every stage (what :meth:`~nnscreener.trainers.base.ScreenerTrainerBase.save_checkpoint` writes, and what ``--c``
   needs, :data:`RESUME_KEYS`): ``network_weights``, ``<module>_weights`` per extra module, ``optimizer_state``,

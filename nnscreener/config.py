@@ -32,7 +32,7 @@ def _zyx(v: Tuple) -> Tuple:
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    """Screener preprocessing (paper App. D; implementation notes section 1)."""
+    """Screener preprocessing (paper App. D; docs/method-notes.md section 1)."""
 
     spacing_xyz: XYZ = (1.5, 1.5, 2.25)  # mm, target voxel spacing (x, y, z)
     body_threshold_hu: float = -500.0  # HU; "dense foreground" threshold for the crop and the body mask
@@ -68,7 +68,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class AugmentationConfig:
-    """Per-view colour augmentations (implementation notes 2.2), applied to [0, 1] intensities."""
+    """Per-view colour augmentations (docs/method-notes.md 2.2), applied to [0, 1] intensities."""
 
     p_blur_or_sharpen: float = 0.8
     sharpen_share: float = 0.5  # chance that blur-or-sharpen sharpens (else blurs)
@@ -86,7 +86,7 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    """Random block masking (condition model only; implementation notes 2.3)."""
+    """Random block masking (condition model only; docs/method-notes.md 2.3)."""
 
     probability: float = 0.9  # chance a view is masked at all
     ratio: float = 0.6  # share of blocks zeroed

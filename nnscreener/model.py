@@ -1,4 +1,4 @@
-"""The Screener model apart from any training loop: frozen descriptor, condition encoder, density (contract C9).
+"""The Screener model apart from any training loop: frozen descriptor, condition encoder, density (docs/design.md C9).
 
     x (B, 1, Z, Y, X) in [0, 1] --descriptor--> (B, D, Z, Y, X) --avg-pool--> y (B, D, z', y', x')
     x, origin_zyx ----------------condition--------------------------------> c (B, Dc, z', y', x') or None
@@ -136,7 +136,7 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
 
 def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
                         checkpoint_name: str = FINAL_CHECKPOINT) -> Tuple[ScreenerModel, ScreenerConfig]:
-    """Loads a trained ScreenerModel from a density result folder (contract C9/C10).
+    """Loads a trained ScreenerModel from a density result folder (docs/design.md C9/C10).
 
     The folder holds ``plans.json`` and ``dataset.json`` (the network architecture) and the checkpoint, whose
     ``network_weights`` is the whole ScreenerModel state dict, ``screener_config`` the resolved config and, optionally,

@@ -1,4 +1,4 @@
-"""Per-view colour augmentations with the authors' parameters (notes 2.2), on [0, 1]-normalized views.
+"""Per-view colour augmentations with the authors' parameters (docs/method-notes.md 2.2), on [0, 1]-normalized views.
 
 Sample, then apply: :func:`sample_view_augmentation` draws a :class:`ViewAugmentation` from the config and a
 numpy generator; :func:`apply_view_augmentation` is deterministic given it (the noise comes from a seed stored

@@ -1,4 +1,4 @@
-"""Training batches from nnU-Net's preprocessed cases, produced by background workers (contracts C7, C8).
+"""Training batches from nnU-Net's preprocessed cases, produced by background workers (docs/design.md C7, C8).
 
 Both loaders are batchgenerators ``DataLoader`` subclasses over ``nnUNetDatasetBlosc2`` (memory-mapped: only the
 crop regions are read, never a whole dataset), wrapped in batchgenerators' ``NonDetMultiThreadedAugmenter`` when
@@ -30,7 +30,7 @@ from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans
 
 Loader = Union[NonDetMultiThreadedAugmenter, SingleThreadedAugmenter]
-BODY_LABEL = 1  # the body mask's label in the preprocessed ``_seg.b2nd`` (contract C3)
+BODY_LABEL = 1  # the body mask's label in the preprocessed ``_seg.b2nd`` (docs/design.md C3)
 
 
 class _SeededCaseLoader(DataLoader):
@@ -54,7 +54,7 @@ class _SeededCaseLoader(DataLoader):
 
 
 class SSLPairDataLoader(_SeededCaseLoader):
-    """Batches of view pairs for dense SSL (contract C7).
+    """Batches of view pairs for dense SSL (docs/design.md C7).
 
     Per case: :func:`sample_pair_params` -> two views -> paired positions inside the body -> an independent colour
     augmentation per view (at the view's own spacing) -> an independent block mask per view when masking.
@@ -105,7 +105,7 @@ class SSLPairDataLoader(_SeededCaseLoader):
         return sample
 
     def generate_train_batch(self) -> Dict[str, Any]:
-        """A batch per contract C7: 'view1', 'view2', 'mask1', 'mask2' (B, C, Z, Y, X) float32; 'idx1', 'idx2'
+        """A batch per docs/design.md C7: 'view1', 'view2', 'mask1', 'mask2' (B, C, Z, Y, X) float32; 'idx1', 'idx2'
         (B, n, 3) int64 (z, y, x); 'keys' the case identifiers."""
         keys = self.draw_identifiers()
         samples = [self.make_pair(k) for k in keys]
@@ -134,7 +134,7 @@ def patch_origin(centre_zyx: Sequence[int], shape_zyx: Sequence[int], patch_zyx:
 
 
 class DensityPatchDataLoader(_SeededCaseLoader):
-    """Batches of plain patches for density training (contract C8): no augmentation, centred on a random body
+    """Batches of plain patches for density training (docs/design.md C8): no augmentation, centred on a random body
     voxel (nnU-Net's stored ``class_locations`` of the body label; any voxel if a case has none)."""
 
     def __init__(self, dataset: nnUNetDatasetBlosc2, batch_size: int, patch_zyx: Sequence[int], seed: int):
@@ -194,7 +194,7 @@ def wrap_in_workers(loader: DataLoader, num_workers: int, seed: int, pin_memory:
 
 def make_ssl_loader(plans: ScreenerPlans, identifiers: Sequence[str], masking: bool, num_workers: int, seed: int,
                     pin_memory: bool = False) -> Loader:
-    """The SSL loader of contract C7, with the settings of ``plans.config``.
+    """The SSL loader of docs/design.md C7, with the settings of ``plans.config``.
 
     Batch size ``ssl.batch_size``, ``ssl.n_pairs_per_image`` pairs per image, patch ``network.patch_size_zyx``,
     view scale range ``ssl.masked_crop_spacing_factor`` when masking else ``ssl.crop_spacing_factor``, colour
@@ -228,7 +228,7 @@ def make_ssl_loader(plans: ScreenerPlans, identifiers: Sequence[str], masking: b
 
 def make_density_loader(plans: ScreenerPlans, identifiers: Sequence[str], num_workers: int, seed: int,
                         pin_memory: bool = False) -> Loader:
-    """The density loader of contract C8: ``density.batch_size`` patches of ``network.patch_size_zyx`` voxels.
+    """The density loader of docs/design.md C8: ``density.batch_size`` patches of ``network.patch_size_zyx`` voxels.
 
     Args and returns as :func:`make_ssl_loader` (batches from :meth:`DensityPatchDataLoader.generate_train_batch`).
     """

@@ -1,4 +1,4 @@
-"""Random block masking of a view, for the condition model only (paper 3.2; notes 2.3).
+"""Random block masking of a view, for the condition model only (paper 3.2; docs/method-notes.md 2.3).
 
 The patch is split into ``round(1 / block_fraction)`` blocks per axis (4 x 4 x 4 = 64 blocks by default, a
 quarter of each side; block edges at ``floor(k * side / n)`` so the blocks tile any patch exactly). With

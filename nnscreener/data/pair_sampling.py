@@ -1,4 +1,4 @@
-"""Two overlapping views of one preprocessed case and the exact voxel pairs they share (paper 3.1; notes 2.1).
+"""Two overlapping views of one case and the exact voxel pairs they share (paper 3.1; docs/method-notes.md 2.1).
 
 Sample, then apply: :func:`sample_pair_params` draws everything random about a pair (orientation, two crop
 boxes with their own per-axis scale); :func:`extract_view` and :func:`sample_positions` are deterministic given

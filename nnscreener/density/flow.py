@@ -1,4 +1,4 @@
-"""Glow normalizing flows applied per voxel to dense maps (paper App. C eqs. 5-6; implementation notes 3.1-3.2).
+"""Glow normalizing flows applied per voxel to dense maps (paper App. C eqs. 5-6; docs/method-notes.md 3.1-3.2).
 
 Every layer works on (B, D, Z, Y, X) maps with 1x1x1 convolutions, so voxels never mix: the flow is the same
 invertible function f(y; c) of one voxel's descriptor y (D values) and condition c (Dc values), evaluated at

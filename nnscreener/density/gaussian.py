@@ -1,4 +1,4 @@
-"""Gaussian density models of descriptor maps (paper App. C, eqs. 3-4; implementation notes 3.3).
+"""Gaussian density models of descriptor maps (paper App. C, eqs. 3-4; docs/method-notes.md 3.3).
 
 Both models are applied per voxel to dense maps, so one call gives a whole negative-log-density map:
 

@@ -35,7 +35,7 @@ def metric_titles(max_fpr: float) -> Dict[str, str]:
 
 
 def lesion_kinds_from_dataset_json(path: PathLike) -> Dict[int, str]:
-    """Label value -> lesion kind name, from dataset.json's ``"lesion_kinds"`` (contract C1), else its
+    """Label value -> lesion kind name, from dataset.json's ``"lesion_kinds"`` (docs/design.md C1), else its
     ``"labels"`` without the background; integer values only.
 
     Raises:
@@ -145,7 +145,7 @@ def evaluate_folder(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[
 
     Args:
         ref_dir: folder of lesion labels ``{case}.nii.gz`` (0 background, >0 lesion kinds), e.g. ``labelsTs``.
-        pred_dir: folder of anomaly maps ``{case}.nii.gz`` in the labels' exact geometry (contract C11).
+        pred_dir: folder of anomaly maps ``{case}.nii.gz`` in the labels' exact geometry (docs/design.md C11).
         images_dir: optional folder of CT images ``{case}_0000.nii.gz`` in HU; negatives are then drawn from
             ``body_mask_from_hu``, otherwise from the voxels where the map is above its minimum.
         n_negatives: K normal voxels drawn per case (without replacement, seeded per case).

@@ -6,7 +6,7 @@
   Laplace smoothing (a pseudo-count per bin) so unseen values get a finite, high score.
 - ``RandomFloor``: uniform noise in [0, 1), seeded per case.
 
-Both write their maps through the predictor's own exporter (``nnscreener.inference.export``, contract C11): one
+Both write their maps through the predictor's own exporter (``nnscreener.inference.export``, docs/design.md C11): one
 float32 ``{case}.nii.gz`` per input image with the input's exact size, spacing, origin and direction; voxels
 outside the body (``body_mask_from_hu``) hold the minimum of the map inside the body. Run as
 ``python -m nnscreener.evaluation.floors {intensity,random} -i IMAGES -o OUT [-tr TRAIN_IMAGES]``.
@@ -183,7 +183,7 @@ def write_floor_maps(kind: str, images: ImagesArg, out_dir: PathLike,
                      train_images: Union[PathLike, Sequence[PathLike], None] = None, seed: int = 0,
                      bin_width_hu: float = DEFAULT_BIN_WIDTH_HU, max_train_images: Optional[int] = None,
                      overwrite: bool = False, progress: bool = False) -> Dict[str, Path]:
-    """Scores every image with a floor and writes ``out_dir/{case}.nii.gz`` in the predictor's format (C11).
+    """Scores every image with a floor and writes ``out_dir/{case}.nii.gz`` like the predictor (docs/design.md C11).
 
     Existing outputs are kept unless ``overwrite`` (the intensity floor is then not even fitted when nothing
     is left to do). ``out_dir/floor.json`` records the floor's settings (and the histogram).

@@ -2,7 +2,7 @@
 
 Pure functions on flat score arrays; the evaluation loop (``evaluate.py``) only gathers the samples.
 
-Definitions (paper section 4.2; implementation notes section 4):
+Definitions (paper section 4.2; docs/method-notes.md section 4):
 
 - ``voxel_auroc``: area under the full ROC curve.
 - ``partial_auroc``: area under the ROC curve (scikit-learn's ``roc_curve``) from FPR 0 to ``max_fpr``,

@@ -1,11 +1,11 @@
-"""Per-scan collection of the voxels the metrics are computed on (paper section 4.2, implementation notes 4.4).
+"""Per-scan collection of the voxels the metrics are computed on (paper section 4.2, docs/method-notes.md 4.4).
 
 For each scan: ALL lesion voxels (score, label value, 26-connected region id) and a fixed, seeded number K of
 normal voxels drawn without replacement from the non-lesion voxels of the body. The TPR and the per-region
 overlaps are then exact, the FPR a Monte-Carlo estimate pooled over scans.
 
 The body is ``body_mask_from_hu`` of the CT image when the image is given; otherwise the voxels where the
-anomaly map is above its minimum (the predictor writes the map's minimum outside the body, contract C11). A
+anomaly map is above its minimum (the predictor writes the map's minimum outside the body, docs/design.md C11). A
 map without any voxel above its minimum (a constant map) counts as all body.
 
 Everything is computed in the geometry of the stored label and map files (the original image geometry for
@@ -250,7 +250,7 @@ def load_case_sample(case: str, label_file: Path, map_file: Path, image_file: Op
     Args:
         case: case identifier.
         label_file: lesion labels (0 background, >0 lesion kinds).
-        map_file: float anomaly map written by ``nnScreener_predict`` or a floor (contract C11).
+        map_file: float anomaly map written by ``nnScreener_predict`` or a floor (docs/design.md C11).
         image_file: the CT image in HU; when given the body is ``body_mask_from_hu`` of it, otherwise the voxels
             where the map is above its minimum.
         n_negatives: K normal voxels drawn per case.

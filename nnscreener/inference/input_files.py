@@ -2,7 +2,7 @@
 
 Inputs are a folder (or one file) of images in nnU-Net's naming, ``{case}_0000.nii.gz`` (a 4-digit channel
 index; nnScreener uses one CT channel), or plain ``{case}.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha`` files.
-Outputs are ``{out_dir}/{case}.nii.gz`` (contract C11).
+Outputs are ``{out_dir}/{case}.nii.gz`` (docs/design.md C11).
 """
 from __future__ import annotations
 

@@ -40,11 +40,11 @@ from nnscreener.plans import ScreenerPlans, load_plans_file
 
 PREVIEW_FOLDER = "previews"
 SETTINGS_FILE = "prediction_settings.json"
-PreprocessFn = Callable[[Sequence[str], ScreenerPlans], Any]  # -> PreprocessedCase (contract C4)
+PreprocessFn = Callable[[Sequence[str], ScreenerPlans], Any]  # -> PreprocessedCase (docs/design.md C4)
 
 
 def default_preprocess_fn() -> PreprocessFn:
-    """The training preprocessing (contract C4), imported on first use."""
+    """The training preprocessing (docs/design.md C4), imported on first use."""
     from nnscreener.planning.preprocessor import preprocess_case
 
     return preprocess_case
@@ -165,7 +165,7 @@ class ScreenerPredictor:
     """Predicts Screener anomaly maps (NLL in nats) for raw scans.
 
     Args:
-        model: a ScreenerModel (contract C9): ``anomaly_map(x (B, 1, Z, Y, X) in [0, 1], origin_zyx (B, 3) int64)
+        model: a ScreenerModel (docs/design.md C9): ``anomaly_map(x (B, 1, Z, Y, X) in [0, 1], origin_zyx (B, 3) int64)
             -> (B, 1, z', y', x')`` pooled NLL. Moved to ``device`` and set to eval mode.
         plans: the plans the model was trained with (preprocessing, patch size, geometry inversion).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -175,7 +175,7 @@ class ScreenerPredictor:
         num_processes_preprocessing: preprocessing worker processes; 0 preprocesses in the calling thread.
         num_processes_export: export (resampling + writing) worker processes; 0 exports in the calling thread.
         progress: show progress bars and print the final summary.
-        preprocess_fn: ``(image_files, plans) -> PreprocessedCase`` (contract C4; fields ``data`` (1, z, y, x),
+        preprocess_fn: ``(image_files, plans) -> PreprocessedCase`` (docs/design.md C4; fields ``data`` (1, z, y, x),
             ``body_mask`` (z, y, x) bool, ``properties``). Default: nnScreener's training preprocessing. It must be
             a module-level function when worker processes are used.
     """
@@ -213,7 +213,7 @@ class ScreenerPredictor:
     @classmethod
     def from_density_folder(cls, density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
                             checkpoint_name: str = FINAL_CHECKPOINT, **kwargs: Any) -> "ScreenerPredictor":
-        """Loads a trained model from its density result folder (contracts C9, C10); ``kwargs`` go to __init__.
+        """Loads a trained model from its density result folder (docs/design.md C9, C10); ``kwargs`` go to __init__.
 
         Raises:
             ScreenerError: the folder or the checkpoint does not exist.

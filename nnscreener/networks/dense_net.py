@@ -1,4 +1,4 @@
-"""The dense feature network of the descriptor and condition models (paper 3.1-3.2; implementation notes 2.4).
+"""The dense feature network of the descriptor and condition models (paper 3.1-3.2; docs/method-notes.md 2.4).
 
 The backbone is the UNet the plans describe (dynamic-network-architectures, built by nnU-Net's
 ``get_network_from_plans``) with ``num_classes = d`` and deep supervision on, so that its per-decoder-level
@@ -6,7 +6,7 @@ The backbone is the UNet the plans describe (dynamic-network-architectures, buil
 head upsamples every level's output to the input resolution (trilinear) and sums them: the descriptor is linear
 in the decoder features, with no final norm or activation.
 
-Checkpoints of the descriptor / condition stages (contract C6, owned by :mod:`nnscreener.checkpoints`) store this
+Checkpoints of the descriptor / condition stages (docs/design.md C6, owned by :mod:`nnscreener.checkpoints`) store this
 module's state dict under ``network_weights``, the resolved config under ``screener_config`` and the input channel
 count under ``in_channels``.
 """
@@ -136,7 +136,7 @@ def features_at(feature_map: torch.Tensor, idx_zyx: torch.Tensor) -> torch.Tenso
 
 def load_dense_net(stage_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
                    checkpoint_name: str = FINAL_CHECKPOINT) -> Tuple[DenseFeatureNet, ScreenerConfig]:
-    """Loads a trained descriptor / condition network from its result folder (contract C6/C10).
+    """Loads a trained descriptor / condition network from its result folder (docs/design.md C6/C10).
 
     Args:
         stage_folder: ``$nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/``.

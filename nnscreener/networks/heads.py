@@ -1,4 +1,4 @@
-"""SSL heads on voxel embeddings: the VICReg expander and the InfoNCE projector (implementation notes 2.5).
+"""SSL heads on voxel embeddings: the VICReg expander and the InfoNCE projector (docs/method-notes.md 2.5).
 
 Both are MLPs on (N, D) vectors: ``Linear -> LayerNorm -> GELU`` blocks and a last ``Linear`` without bias
 (the ``dev`` vox2vec code's choice). They exist only during pretraining; the dense features themselves are the

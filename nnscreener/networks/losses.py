@@ -1,4 +1,4 @@
-"""Dense SSL objectives on paired voxel embeddings (paper App. A; implementation notes 2.5).
+"""Dense SSL objectives on paired voxel embeddings (paper App. A; docs/method-notes.md 2.5).
 
 Pure functions on (N, D) tensors, where row i of ``z1`` and row i of ``z2`` embed the same scan point seen in two
 views. Under torch.distributed (DDP), the statistics that mix samples (VICReg's variance and covariance,

@@ -1,7 +1,7 @@
 """3D contrast-limited adaptive histogram equalization (CLAHE) with scikit-image's semantics, vectorized.
 
 Screener applies ``skimage.exposure.equalize_adapthist(volume, clip_limit=0.05)`` to each whole resampled
-volume (implementation notes, section 1). This module computes the same transform (same grey-level
+volume (docs/method-notes.md, section 1). This module computes the same transform (same grey-level
 quantization, tiles, clipping with skimage's redistribution rule, and multilinear interpolation of the tile
 mappings) without skimage's full-volume int64/float64 intermediates: tile histograms are counted slab by slab
 and the mappings are interpolated separably (z, then y, then x), so the extra memory is a few bytes per voxel

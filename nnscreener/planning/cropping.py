@@ -1,4 +1,4 @@
-"""Crop a CT volume to its "dense foreground" (paper App. D; implementation notes section 1, step 1).
+"""Crop a CT volume to its "dense foreground" (paper App. D; docs/method-notes.md section 1, step 1).
 
 A voxel is dense when its HU value is at least a threshold (-500 HU). The volume is cut into blocks of about
 5 mm per axis; a block counts only when *all* its voxels are dense (min-pooling), which drops the table,

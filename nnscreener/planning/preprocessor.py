@@ -1,6 +1,6 @@
 """Screener preprocessing on nnU-Net's preprocessor: one code path for training data and for prediction.
 
-Per case, in order (paper App. D; implementation notes section 1):
+Per case, in order (paper App. D; docs/method-notes.md section 1):
 
 1. read the CT with the plans' nnU-Net reader (array (1, z, y, x) in HU) and check it (3D, one channel, no NaN);
 2. crop to the dense foreground (:mod:`nnscreener.planning.cropping`) in the original image;

@@ -1,4 +1,4 @@
-"""Writing the synthetic dataset in nnU-Net's raw format (contract C1).
+"""Writing the synthetic dataset in nnU-Net's raw format (docs/design.md C1).
 
 ``$nnUNet_raw/DatasetXXX_Name/{dataset.json, imagesTr/, imagesTs/, labelsTs/}``: unlabeled training images,
 test images with lesion masks. Files are written into a hidden staging folder next to the target and moved into

@@ -150,7 +150,7 @@ class ScreenerTrainerBase(nnUNetTrainer):
                              self.plans_manager.plans, self.dataset_json, self.screener_config)
 
     def _move_to_stage_folder(self) -> None:
-        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (contract C10)."""
+        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (docs/design.md C10)."""
         nnunet_folder = Path(self.output_folder)
         folder = paths.stage_folder(self.plans_manager.dataset_name, self.stage, self.variant,
                                     self.plans_manager.plans_name)

@@ -28,7 +28,7 @@ from nnscreener.model import build_screener_model
 from nnscreener.networks.dense_net import DenseFeatureNet, load_dense_net
 from nnscreener.trainers.base import ScreenerTrainerBase
 
-#: The frozen networks of the density stage: result-folder stage -> input channels (contract C6).
+#: The frozen networks of the density stage: result-folder stage -> input channels (docs/design.md C6).
 FROZEN_INPUT_CHANNELS = {name: stage.in_channels for name, stage in stages.STAGES.items() if stage.is_ssl}
 
 
@@ -91,7 +91,7 @@ class DensityTrainer(ScreenerTrainerBase):
                                    pin_memory=self.device.type == "cuda")
 
     def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Mean NLL (nats per pooled voxel) of a batch of patches (contract C8: 'image', 'origin_zyx')."""
+        """Mean NLL (nats per pooled voxel) of a batch of patches (docs/design.md C8: 'image', 'origin_zyx')."""
         image = torch.as_tensor(batch["image"]).to(self.device, non_blocking=True)  # (B, 1, Z, Y, X)
         origin_zyx = torch.as_tensor(batch["origin_zyx"]).to(self.device, non_blocking=True)  # (B, 3)
         nll = self.network(image, origin_zyx)  # (B, 1, z', y', x')

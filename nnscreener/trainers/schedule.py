@@ -1,7 +1,7 @@
 """Optimization settings of a Screener stage: the schedule fields, AdamW and the warm-up / linear-decay LR.
 
 AdamW (lr, weight decay, eps from the config) with a per-iteration LambdaLR: linear warm-up from 0, then linear
-decay to 0 (chosen over the authors' OneCycleLR, see implementation notes 2.6).
+decay to 0 (chosen over the authors' OneCycleLR, see docs/method-notes.md 2.6).
 """
 from __future__ import annotations
 

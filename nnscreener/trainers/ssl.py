@@ -1,7 +1,7 @@
 """Dense self-supervised pretraining of the descriptor and condition models (paper 3.1-3.2, App. A).
 
 Both stages train a :class:`~nnscreener.networks.dense_net.DenseFeatureNet` on pairs of overlapping augmented
-views (contract C7 batches): the dense maps of both views are read at the paired voxels, the expander
+views (docs/design.md C7 batches): the dense maps of both views are read at the paired voxels, the expander
 (VICReg) or projector (InfoNCE) maps them, and the objective pulls partners together. The condition model
 sees randomly block-masked views and the mask as a second input channel, ``concat(view * mask, mask)``, so its
 features must carry context that survives masking; at inference its mask is all ones.

@@ -31,7 +31,7 @@ def plans(nnunet_env):
 
 
 def write_untrained_density_folder(plans) -> Path:
-    """A density result folder (contract C10) holding a randomly initialised masking + flow ScreenerModel."""
+    """A density result folder (docs/design.md C10) holding a randomly initialised masking + flow ScreenerModel."""
     torch.manual_seed(0)
     model = build_screener_model(plans.config, build_dense_net(plans, 1), build_dense_net(plans, 2))
     folder = paths.stage_folder(DATASET_ID, "density", paths.density_variant("masking", "flow"), plans.plans_name)

@@ -125,7 +125,7 @@ def test_load_case_sample_uses_the_hu_body_or_the_map_and_checks_geometry(tmp_pa
     labels = np.zeros(image.shape, np.uint8)
     labels[3:5, 10:13, 10:13] = 1
     score_map = rng.random(image.shape).astype(np.float32)
-    score_map[~body] = score_map[body].min()  # the predictor's convention (C11)
+    score_map[~body] = score_map[body].min()  # the predictor's convention (docs/design.md C11)
     label_file = _write(labels, tmp_path / "c.nii.gz")
     map_file = _write(score_map, tmp_path / "m.nii.gz")
     image_file = _write(image, tmp_path / "i.nii.gz")

@@ -1,7 +1,7 @@
 """A tiny preprocessed dataset in nnU-Net 2.8.1's format, written without running planning or preprocessing.
 
 Used by every test that needs plans and ``.b2nd`` cases (trainers, loaders, prediction) so that none of them has
-to run the real planner. The files follow contracts C2/C3: ``$nnUNet_preprocessed/DatasetXXX_Fake/`` holds
+to run the real planner. The files follow docs/design.md C2/C3: ``$nnUNet_preprocessed/DatasetXXX_Fake/`` holds
 ``<plans_name>.json`` (nnU-Net plans with a ``3d_fullres`` configuration and the ``"nnscreener"`` block),
 ``dataset.json``, ``dataset_fingerprint.json`` and ``<data_identifier>/{case}.b2nd|_seg.b2nd|.pkl``.
 """
@@ -24,7 +24,7 @@ _LEAKY_RELU = "torch.nn.LeakyReLU"
 
 
 def plans_name_for_preset(preset: str) -> str:
-    """``nnScreenerPlans`` for the default preset, ``nnScreenerPlans_<preset>`` otherwise (contract C2)."""
+    """``nnScreenerPlans`` for the default preset, ``nnScreenerPlans_<preset>`` otherwise (docs/design.md C2)."""
     return paths.DEFAULT_PLANS if preset == "default" else f"{paths.DEFAULT_PLANS}_{preset}"
 
 

@@ -22,7 +22,7 @@ PATCH_ZYX = (8, 12, 10)
 
 
 class PointwiseModel(nn.Module):
-    """A stand-in ScreenerModel (contract C9) whose map is a known per-voxel function, then average-pooled.
+    """A stand-in ScreenerModel (docs/design.md C9) whose map is a known per-voxel function, then average-pooled.
 
     map = x^2 + 0.01 * (z + 2 y + 3 x) with (z, y, x) the voxel's absolute position in the unpadded volume, so a
     wrong ``origin_zyx`` or a misplaced window shows up as a shifted ramp.

@@ -1,4 +1,4 @@
-"""VICReg and InfoNCE against slow references written from the equations (implementation notes 2.5)."""
+"""VICReg and InfoNCE against slow references written from the equations (docs/method-notes.md 2.5)."""
 from __future__ import annotations
 
 import math

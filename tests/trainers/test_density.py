@@ -35,7 +35,7 @@ def plans(nnunet_env, monkeypatch):
 
 
 def write_frozen_stage(plans, stage: str, in_channels: int, embedding_dim: int = 32, seed: int = 0) -> Path:
-    """A randomly initialised descriptor / condition checkpoint in the C6 format, in its C10 stage folder."""
+    """A randomly initialised descriptor / condition checkpoint (docs/design.md C6) in its C10 stage folder."""
     torch.manual_seed(seed)
     net = build_dense_net(plans, in_channels, embedding_dim)
     variant = paths.ssl_variant(plans.config.ssl.objective, embedding_dim)
