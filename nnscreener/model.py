@@ -167,9 +167,11 @@ def load_screener_model(density_folder: Union[str, Path], device: Union[str, tor
     config = ScreenerConfig.from_dict(checkpoint["screener_config"])
     plans = replace(load_plans_file(folder / "plans.json", folder / "dataset.json"), config=config)
     dims = checkpoint.get("embedding_dims", {})  # the frozen networks' d, when they differ from the config's
+    masked = checkpoint.get("masked_input", {})  # absent in checkpoints written before the mask token
     descriptor = build_dense_net(plans, in_channels=1, embedding_dim=dims.get("descriptor"))
     needs_condition = condition_option(config.density.condition).needs_trained_network
-    condition_network = build_dense_net(plans, 2, dims.get("condition")) if needs_condition else None
+    condition_network = (build_dense_net(plans, 2, dims.get("condition"), bool(masked.get("condition", False)))
+                         if needs_condition else None)
     model = build_screener_model(config, descriptor, condition_network)
     model.load_state_dict(checkpoint["network_weights"])
     return model.to(device).eval(), config

@@ -14,6 +14,9 @@ from nnscreener.errors import ScreenerError
 
 DEFAULT_PLANS = "nnScreenerPlans"
 CONFIGURATION = "3d_fullres"
+#: The condition network's configuration: inherits ``3d_fullres`` (same data), with a masking-invariant
+#: architecture (per-voxel LayerNorm; see nnscreener/networks/norms.py).
+CONDITION_CONFIGURATION = "3d_fullres_condition"
 STAGES = ("descriptor", "condition", "density")
 
 
