@@ -11,9 +11,11 @@ Keys (docs/design.md C6, C9, C10):
   needs, :data:`RESUME_KEYS`): ``network_weights``, ``<module>_weights`` per extra module, ``optimizer_state``,
   ``lr_scheduler_state``, ``grad_scaler_state`` (or None), ``logging``, ``current_epoch``, ``iteration``,
   ``init_args``, ``trainer_name``, ``stage``, ``variant``, ``screener_config`` (``ScreenerConfig.to_dict()``);
-- descriptor / condition (:data:`SSL_KEYS`): also ``in_channels`` (1 or 2) and ``ssl_head_weights``;
+- descriptor / condition (:data:`SSL_KEYS`): also ``in_channels`` (1 or 2), ``ssl_head_weights`` and
+  ``masked_input`` (condition networks with the mask token; absent in older checkpoints);
 - density (:data:`DENSITY_KEYS`): ``network_weights`` is the whole ScreenerModel; optionally ``embedding_dims`` =
-  ``{"descriptor": d, "condition": d}`` of the frozen networks.
+  ``{"descriptor": d, "condition": d}`` and ``masked_input`` = ``{"descriptor": bool, "condition": bool}`` of the
+  frozen networks.
 """
 from __future__ import annotations
 

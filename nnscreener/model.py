@@ -167,10 +167,12 @@ def load_screener_model(density_folder: Union[str, Path], device: Union[str, tor
     config = ScreenerConfig.from_dict(checkpoint["screener_config"])
     plans = replace(load_plans_file(folder / "plans.json", folder / "dataset.json"), config=config)
     dims = checkpoint.get("embedding_dims", {})  # the frozen networks' d, when they differ from the config's
+    masked = checkpoint.get("masked_input", {})  # absent in checkpoints written before the mask token
     descriptor = build_dense_net(plans, stages.input_channels("descriptor"), dims.get("descriptor"))
     condition_network = None
     if condition_option(config.density.condition).needs_trained_network:
-        condition_network = build_dense_net(plans, stages.input_channels("condition"), dims.get("condition"))
+        condition_network = build_dense_net(plans, stages.input_channels("condition"), dims.get("condition"),
+                                            bool(masked.get("condition", False)))
     model = build_screener_model(config, descriptor, condition_network)
     model.load_state_dict(checkpoint["network_weights"])
     return model.to(device).eval(), config

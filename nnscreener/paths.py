@@ -17,6 +17,9 @@ from nnscreener.stages import density_variant, ssl_variant  # noqa: F401 (re-exp
 
 DEFAULT_PLANS = "nnScreenerPlans"
 CONFIGURATION = "3d_fullres"
+#: The condition network's configuration: inherits ``3d_fullres`` (same data), with a masking-invariant
+#: architecture (per-voxel LayerNorm; see nnscreener/networks/norms.py).
+CONDITION_CONFIGURATION = "3d_fullres_condition"
 STAGES = stages.STAGE_NAMES
 
 

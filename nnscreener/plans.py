@@ -16,6 +16,14 @@ from nnscreener.errors import ScreenerError
 PLANS_BLOCK = "nnscreener"
 
 
+def network_configuration_name(plans: Mapping[str, Any], masked_input: bool) -> str:
+    """The plans' configuration for a network: the condition configuration for a masked-input (condition) network
+    when the plans have one (plans written before it existed use ``3d_fullres`` for both networks)."""
+    if masked_input and paths.CONDITION_CONFIGURATION in plans.get("configurations", {}):
+        return paths.CONDITION_CONFIGURATION
+    return paths.CONFIGURATION
+
+
 @dataclass
 class ScreenerPlans:
     """A dataset's plans as nnU-Net and nnScreener see them.
@@ -43,6 +51,10 @@ class ScreenerPlans:
     @property
     def configuration_manager(self):
         return self.plans_manager.get_configuration(paths.CONFIGURATION)
+
+    def network_configuration_manager(self, masked_input: bool = False):
+        """The configuration whose ``architecture`` builds the descriptor (False) or condition (True) network."""
+        return self.plans_manager.get_configuration(network_configuration_name(self.plans, masked_input))
 
     @property
     def preprocessed_dir(self) -> Path:

@@ -16,9 +16,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import distributed as dist
 from torch import nn
 
+from nnscreener.density.data_init import DataInitialized, channel_mean_and_variance
 from nnscreener.density.gaussian import LOG_2PI, bound_features
 
 #: ConditionalActNorm's condition-dependent log-scale lies in (-bound, bound) (a tanh soft clamp).
@@ -61,7 +61,7 @@ class FlowLayer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement inverse")
 
 
-class ActNorm(FlowLayer):
+class ActNorm(FlowLayer, DataInitialized):
     """Per-channel affine z = (y + loc) * exp(log_scale), initialised from the first batch it sees.
 
     On the first forward, loc = -mean and log_scale = -log(std + 1e-6) over batch and space, so that batch comes out
@@ -76,36 +76,16 @@ class ActNorm(FlowLayer):
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(1, dim, 1, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, dim, 1, 1, 1))
-        self.register_buffer("initialized", torch.tensor(False))
-        self._initialized_seen = False  # host-side copy of ``initialized``: no device sync on every forward
-
-    def is_initialized(self) -> bool:
-        if not self._initialized_seen:
-            self._initialized_seen = bool(self.initialized)
-        return self._initialized_seen
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._initialized_seen = False  # re-read the loaded buffer on the next forward
 
     @torch.no_grad()
     def initialize_from(self, y: torch.Tensor) -> None:
         """Data-dependent initialisation from a (B, D, Z, Y, X) batch (averaged over DDP ranks, so they agree)."""
-        flat = y.transpose(0, 1).reshape(y.shape[1], -1).float()  # (D, B*Z*Y*X)
-        moments = torch.stack([flat.mean(dim=1), flat.square().mean(dim=1)])  # (2, D): E[y], E[y^2]
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(moments)
-            moments /= dist.get_world_size()
-        mean = moments[0]
-        std = (moments[1] - mean.square()).clamp_min(0).sqrt()
+        mean, variance = channel_mean_and_variance(y)
         self.loc.copy_(-mean.view_as(self.loc))
-        self.log_scale.copy_(-torch.log(std + 1e-6).view_as(self.log_scale))
-        self.initialized.fill_(True)
-        self._initialized_seen = True
+        self.log_scale.copy_(-torch.log(variance.sqrt() + 1e-6).view_as(self.log_scale))
 
     def forward(self, y: torch.Tensor, c: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized():
-            self.initialize_from(y)
+        self.initialize_once_from(y)
         z = (y + self.loc) * torch.exp(self.log_scale)
         return z, _voxel_map(self.log_scale.sum().view(1, 1, 1, 1, 1), y)
 
@@ -141,8 +121,7 @@ class ConditionalActNorm(ActNorm):
         return self.loc + dloc, self.log_scale + dlog_scale
 
     def forward(self, y: torch.Tensor, c: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized():
-            self.initialize_from(y)
+        self.initialize_once_from(y)
         shift, log_scale = self._shift_and_log_scale(c)
         return (y + shift) * torch.exp(log_scale), log_scale.sum(dim=1, keepdim=True)
 

@@ -8,6 +8,10 @@ with ``y``, ``c`` read at voxel (b, :, z, y, x). The marginal model learns one m
 log-variance; the conditional model predicts both maps from the condition map with 3x3x3 convolutions
 ("conditioning on locally aggregated conditions", App. C).
 
+Both start at the data: on the first batch they see (the noised pooled training descriptors), the marginal model's
+mean and variance, and the conditional model's output bias, are set to the batch's per-channel mean and variance
+(:mod:`nnscreener.density.data_init`), so a short schedule refines a fit instead of travelling from N(0, I).
+
 Numerical safety: inputs are clamped to +-``FEATURE_BOUND`` and the log-variance has a soft floor, so the NLL
 stays finite for any finite input (it saturates far outside the training distribution instead of overflowing).
 """
@@ -19,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nnscreener.density.data_init import DataInitialized, channel_mean_and_variance
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -44,6 +50,15 @@ def floored_log_variance(raw: torch.Tensor, min_log_var: float) -> torch.Tensor:
     return min_log_var + F.softplus(raw - min_log_var)
 
 
+def raw_log_variance_for(log_var: torch.Tensor, min_log_var: float) -> torch.Tensor:
+    """Inverse of :func:`floored_log_variance`: the raw value whose floored log-variance is ``log_var``.
+
+    ``log_var`` is first raised to just above the floor (a variance at or below the floor cannot be represented).
+    """
+    excess = (log_var - min_log_var).clamp_min(1e-4)
+    return min_log_var + excess + torch.log(-torch.expm1(-excess))  # softplus^-1(e) = e + log(1 - exp(-e))
+
+
 def diagonal_gaussian_nll(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """Per-voxel negative log-density of a diagonal Gaussian.
 
@@ -61,8 +76,11 @@ def diagonal_gaussian_nll(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Te
     return 0.5 * per_channel.sum(dim=1, keepdim=True)
 
 
-class MarginalGaussian(nn.Module):
+class MarginalGaussian(DataInitialized):
     """q(y) = N(y; mu, diag(sigma^2)) with learnable mu and log sigma^2 (paper eq. 3).
+
+    mu and sigma^2 start at the first batch's per-channel mean and variance (the maximum-likelihood fit of that
+    batch).
 
     Args:
         dim: D, channels of the descriptor map.
@@ -75,6 +93,13 @@ class MarginalGaussian(nn.Module):
         self.min_log_var = min_log_var
         self.mean = nn.Parameter(torch.zeros(dim))
         self.raw_log_var = nn.Parameter(torch.zeros(dim))
+
+    @torch.no_grad()
+    def initialize_from(self, y: torch.Tensor) -> None:
+        """Sets mu and sigma^2 to the per-channel mean and variance of a (B, D, Z, Y, X) batch."""
+        mean, variance = channel_mean_and_variance(bound_features(y))
+        self.mean.copy_(mean)
+        self.raw_log_var.copy_(raw_log_variance_for(torch.log(variance), self.min_log_var))
 
     def log_variance(self) -> torch.Tensor:
         """(D,) log sigma^2 after the floor."""
@@ -90,15 +115,17 @@ class MarginalGaussian(nn.Module):
         Returns:
             (B, 1, Z, Y, X) NLL in nats.
         """
+        self.initialize_once_from(y)
         shape = (1, self.dim, 1, 1, 1)
         return diagonal_gaussian_nll(bound_features(y), self.mean.view(shape), self.log_variance().view(shape))
 
 
-class ConditionalGaussian(nn.Module):
+class ConditionalGaussian(DataInitialized):
     """q(y | c) = N(y; mu(c), diag(sigma^2(c))) with mu and log sigma^2 predicted from the condition (paper eq. 4).
 
     The predictor is conv3^3(Dc -> H), GELU, conv3^3(H -> 2D) with replicate padding (so patch borders do not
-    look different from the interior); its last layer starts at zero, i.e. the model starts as N(0, I).
+    look different from the interior); its last layer's weights start at zero and its bias at the first batch's
+per-channel mean and log-variance, i.e. the model starts as the marginal fit and learns what the condition adds.
 
     Args:
         dim: D, channels of the descriptor map.
@@ -119,6 +146,13 @@ class ConditionalGaussian(nn.Module):
         )
         nn.init.zeros_(self.predictor[-1].weight)
         nn.init.zeros_(self.predictor[-1].bias)
+
+    @torch.no_grad()
+    def initialize_from(self, y: torch.Tensor) -> None:
+        """Sets the output bias to the per-channel mean and raw log-variance of a (B, D, Z, Y, X) batch."""
+        mean, variance = channel_mean_and_variance(bound_features(y))
+        raw_log_var = raw_log_variance_for(torch.log(variance), self.min_log_var)
+        self.predictor[-1].bias.copy_(torch.cat([mean, raw_log_var]))
 
     def mean_and_log_variance(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicts the per-voxel mean and floored log-variance.
@@ -144,5 +178,6 @@ class ConditionalGaussian(nn.Module):
         """
         if c is None:
             raise ValueError("ConditionalGaussian.nll needs a condition map; use MarginalGaussian without one")
+        self.initialize_once_from(y)
         mean, log_var = self.mean_and_log_variance(c)
         return diagonal_gaussian_nll(bound_features(y), mean, log_var)

@@ -21,29 +21,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnscreener import paths
 from nnscreener.checkpoints import FINAL_CHECKPOINT, load_ssl_checkpoint
 from nnscreener.config import ScreenerConfig
 from nnscreener.errors import ScreenerError
+from nnscreener.plans import network_configuration_name
 
 
 class DenseFeatureNet(nn.Module):
     """UNet + linear multi-scale dense head: (B, C_in, Z, Y, X) -> (B, d, Z, Y, X) features at full resolution.
+
+    A network with ``masked_input`` sees ``concat(image * mask, mask)`` (the condition model): wherever the mask
+    (its last input channel) is 0, the output of the UNet's first convolution is replaced by a learned mask token
+    (one value per channel, initialised at 0), so masked voxels carry "unknown", not "black" (the authors' stem,
+    docs/method-notes.md 2.3).
 
     Args:
         unet: a dynamic-network-architectures UNet built with ``num_classes=d`` and ``deep_supervision=True``
             (its forward returns one (B, d, Z/s, Y/s, X/s) map per decoder level, full resolution first).
         in_channels: C_in the UNet was built for.
         shape_divisor_zyx: the product of the UNet's strides per axis (z, y, x); inputs must be divisible by it.
+        masked_input: the input's last channel is a visibility mask (1 visible, 0 masked); adds the mask token.
     """
 
-    def __init__(self, unet: nn.Module, in_channels: int, shape_divisor_zyx: Tuple[int, int, int]):
+    def __init__(self, unet: nn.Module, in_channels: int, shape_divisor_zyx: Tuple[int, int, int],
+                 masked_input: bool = False):
         super().__init__()
         assert unet.decoder.deep_supervision, "the dense head needs every decoder level's 1x1 output"
         self.unet = unet
         self.in_channels = int(in_channels)
         self.embedding_dim = int(unet.decoder.num_classes)
         self.shape_divisor_zyx = tuple(int(s) for s in shape_divisor_zyx)
+        self.masked_input = bool(masked_input)
+        if self.masked_input:
+            if self.in_channels < 2:
+                raise ScreenerError("a masked-input network needs the mask as an extra input channel")
+            stem = first_convolution(unet)
+            self.mask_token = nn.Parameter(torch.zeros(stem.out_channels))
+            stem.register_forward_hook(self._replace_masked_voxels_by_token)
+
+    def _replace_masked_voxels_by_token(self, stem: nn.Module, inputs: Tuple[torch.Tensor, ...],
+                                        output: torch.Tensor) -> torch.Tensor:
+        """Forward hook of the first convolution: (B, C0, Z, Y, X) output, token where the input mask is 0."""
+        visible = inputs[0][:, -1:] > 0.5  # (B, 1, Z, Y, X); the first convolution has stride 1
+        return torch.where(visible, output, self.mask_token.to(output.dtype).view(1, -1, 1, 1, 1))
 
     def level_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The per-level 1x1x1 projections to d, full resolution first: [(B, d, Z/s_l, Y/s_l, X/s_l)]."""
@@ -75,18 +95,28 @@ class DenseFeatureNet(nn.Module):
                              f"{self.shape_divisor_zyx} (the UNet's total stride); pad it first")
 
 
+def first_convolution(unet: nn.Module) -> nn.Conv3d:
+    """The UNet's first 3D convolution (the stem); it must keep the input resolution (stride 1)."""
+    stem = next(m for m in unet.modules() if isinstance(m, nn.Conv3d))
+    if any(int(s) != 1 for s in stem.stride):
+        raise ScreenerError(f"the UNet's first convolution has stride {stem.stride}; the mask token needs stride 1")
+    return stem
+
+
 def shape_divisor_from_strides(strides: List[List[int]]) -> Tuple[int, int, int]:
     """Product of the per-stage strides per axis (z, y, x), e.g. strides 1,2,2,2 -> (8, 8, 8)."""
     return tuple(int(v) for v in np.prod(np.asarray(strides, dtype=np.int64), axis=0))
 
 
-def dense_net_from_configuration(configuration_manager, in_channels: int, embedding_dim: int) -> DenseFeatureNet:
+def dense_net_from_configuration(configuration_manager, in_channels: int, embedding_dim: int,
+                                 masked_input: bool = False) -> DenseFeatureNet:
     """Builds a :class:`DenseFeatureNet` from an nnU-Net ``ConfigurationManager``'s architecture block.
 
     Args:
-        configuration_manager: nnU-Net's view of the plans' ``3d_fullres`` configuration.
+        configuration_manager: nnU-Net's view of a configuration of the plans.
         in_channels: 1 (descriptor: the image) or 2 (condition: image*mask, mask).
         embedding_dim: d, the number of output feature channels.
+        masked_input: the last input channel is a visibility mask (adds the mask token).
     """
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -102,19 +132,23 @@ def dense_net_from_configuration(configuration_manager, in_channels: int, embedd
         deep_supervision=True,
     )
     strides = configuration_manager.network_arch_init_kwargs["strides"]
-    return DenseFeatureNet(unet, in_channels, shape_divisor_from_strides(strides))
+    return DenseFeatureNet(unet, in_channels, shape_divisor_from_strides(strides), masked_input)
 
 
-def build_dense_net(plans, in_channels: int, embedding_dim: Optional[int] = None) -> DenseFeatureNet:
+def build_dense_net(plans, in_channels: int, embedding_dim: Optional[int] = None,
+                    masked_input: bool = False) -> DenseFeatureNet:
     """The descriptor / condition network of a dataset's plans.
 
     Args:
         plans: a :class:`nnscreener.plans.ScreenerPlans`.
         in_channels: 1 (descriptor) or 2 (condition).
         embedding_dim: d; defaults to ``plans.config.network.embedding_dim``.
+        masked_input: a condition network: built from the plans' masking-invariant condition configuration
+            (per-voxel LayerNorm; plans without one fall back to ``3d_fullres``) with the mask token.
     """
     d = plans.config.network.embedding_dim if embedding_dim is None else int(embedding_dim)
-    return dense_net_from_configuration(plans.configuration_manager, in_channels, d)
+    configuration = plans.network_configuration_manager(masked_input)
+    return dense_net_from_configuration(configuration, in_channels, d, masked_input)
 
 
 def features_at(feature_map: torch.Tensor, idx_zyx: torch.Tensor) -> torch.Tensor:
@@ -159,7 +193,10 @@ def load_dense_net(stage_folder: Union[str, Path], device: Union[str, torch.devi
                                 f"{folder.name.split('__')[0]} ...)")
     ckpt = load_ssl_checkpoint(ckpt_path)
     config = ScreenerConfig.from_dict(ckpt["screener_config"])
-    configuration = PlansManager(json.loads(plans_path.read_text())).get_configuration(paths.CONFIGURATION)
-    net = dense_net_from_configuration(configuration, int(ckpt["in_channels"]), config.network.embedding_dim)
+    masked_input = bool(ckpt.get("masked_input", False))  # absent in checkpoints written before the mask token
+    plans = json.loads(plans_path.read_text())
+    configuration = PlansManager(plans).get_configuration(network_configuration_name(plans, masked_input))
+    net = dense_net_from_configuration(configuration, int(ckpt["in_channels"]), config.network.embedding_dim,
+                                       masked_input)
     net.load_state_dict(ckpt["network_weights"])
     return net.to(device).eval(), config

@@ -9,6 +9,7 @@ patch are stored in nnU-Net's (z, y, x) order with an identity transpose, and th
 """
 from __future__ import annotations
 
+import json
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,12 +19,24 @@ from nnunetv2.preprocessing.resampling.default_resampling import compute_new_sha
 from nnscreener import paths
 from nnscreener.config import ScreenerConfig, default_config, merge
 from nnscreener.errors import ScreenerError
+from nnscreener.networks.norms import ChannelLayerNorm3d
 from nnscreener.planning.normalization import ScreenerCTNormalization
 from nnscreener.planning.unlabeled import load_derived_dataset
 from nnscreener.plans import PLANS_BLOCK
 
 PREPROCESSOR_NAME = "ScreenerPreprocessor"
 NO_VRAM_LIMIT_GB = 1e9  # keeps nnU-Net's planner from shrinking the configured patch
+
+
+def condition_configuration(fullres: dict) -> dict:
+    """The condition network's configuration: ``3d_fullres`` (same data and topology) with a per-voxel LayerNorm
+    in place of InstanceNorm, so masking elsewhere in the crop does not shift a voxel's features
+    (:mod:`nnscreener.networks.norms`). nnU-Net resolves ``inherits_from`` with a shallow update, so the whole
+    ``architecture`` block is repeated."""
+    architecture = json.loads(json.dumps(fullres["architecture"]))
+    architecture["arch_kwargs"]["norm_op"] = f"{ChannelLayerNorm3d.__module__}.{ChannelLayerNorm3d.__name__}"
+    architecture["arch_kwargs"]["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}
+    return {"inherits_from": paths.CONFIGURATION, "architecture": architecture}
 
 
 def plans_name_for_preset(preset: str) -> str:
@@ -100,7 +113,8 @@ class ScreenerPlanner(ExperimentPlanner):
         return plan
 
     def plan_experiment(self) -> dict:
-        """Writes ``<plans_name>.json`` with only ``3d_fullres`` and the ``nnscreener`` block; returns the plans."""
+        """Writes ``<plans_name>.json`` with ``3d_fullres``, the condition network's configuration and the
+        ``nnscreener`` block; returns the plans."""
         transpose_forward, transpose_backward = self.determine_transpose()
         spacing = self.determine_fullres_target_spacing()
         fingerprint = self.dataset_fingerprint
@@ -120,7 +134,8 @@ class ScreenerPlanner(ExperimentPlanner):
             "image_reader_writer": self.determine_reader_writer().__name__,
             "transpose_forward": [int(i) for i in transpose_forward],
             "transpose_backward": [int(i) for i in transpose_backward],
-            "configurations": {paths.CONFIGURATION: plan},
+            "configurations": {paths.CONFIGURATION: plan,
+                               paths.CONDITION_CONFIGURATION: condition_configuration(plan)},
             "experiment_planner_used": self.__class__.__name__,
             "label_manager": "LabelManager",
             "foreground_intensity_properties_per_channel":

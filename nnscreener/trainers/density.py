@@ -72,16 +72,19 @@ class DensityTrainer(ScreenerTrainerBase):
         if condition_option(cfg.density.condition).needs_trained_network:
             condition_network = self.load_frozen_network("condition")
         self.embedding_dims = {"descriptor": descriptor.embedding_dim}
+        self.masked_input = {"descriptor": descriptor.masked_input}
         if condition_network is not None:
             self.embedding_dims["condition"] = condition_network.embedding_dim
+            self.masked_input["condition"] = condition_network.masked_input
         model = build_screener_model(cfg, descriptor, condition_network)
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.print_to_log_file(f"density model {self.variant}: {trained} trained parameters")
         return model
 
     def checkpoint_extras(self) -> Dict[str, Any]:
-        """The frozen networks' d, so :func:`~nnscreener.model.load_screener_model` rebuilds them exactly."""
-        return {"embedding_dims": dict(self.embedding_dims)}
+        """The frozen networks' d and mask-token flags, so :func:`~nnscreener.model.load_screener_model` rebuilds
+        them exactly."""
+        return {"embedding_dims": dict(self.embedding_dims), "masked_input": dict(self.masked_input)}
 
     def build_loader(self, identifiers: List[str], seed: int):
         from nnscreener.data.loaders import make_density_loader

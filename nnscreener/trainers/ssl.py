@@ -76,13 +76,13 @@ class SSLTrainerBase(ScreenerTrainerBase):
         return stages.ssl_variant(config.ssl.objective, config.network.embedding_dim)
 
     def build_network(self) -> nn.Module:
-        return build_dense_net(self.screener_plans, self.in_channels)
+        return build_dense_net(self.screener_plans, self.in_channels, masked_input=self.masking)
 
     def build_extra_modules(self) -> Dict[str, nn.Module]:
         return {"ssl_head": build_ssl_head(self.screener_config.ssl, self.screener_config.network.embedding_dim)}
 
     def checkpoint_extras(self) -> Dict[str, Any]:
-        return {"in_channels": self.in_channels}
+        return {"in_channels": self.in_channels, "masked_input": self.masking}
 
     def build_loader(self, identifiers: List[str], seed: int):
         from nnscreener.data.loaders import make_ssl_loader
@@ -122,7 +122,8 @@ class DescriptorTrainer(SSLTrainerBase):
 
 
 class ConditionTrainer(SSLTrainerBase):
-    """The condition model: block-masked views, input ``concat(view * mask, mask)`` (in_channels 2)."""
+    """The condition model: block-masked views, input ``concat(view * mask, mask)`` (in_channels 2), built from the
+    plans' masking-invariant condition configuration with a mask token (see ``build_dense_net``)."""
 
     stage = "condition"
     in_channels = stages.input_channels(stage)

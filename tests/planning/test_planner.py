@@ -22,7 +22,7 @@ def test_cpu_preset_plans_in_nnunet_format(nnunet_env):
     plan_phantom_dataset(nnunet_env, preset="cpu")
     plans = _plans_file(nnunet_env, "nnScreenerPlans_cpu")
     cfg = get_preset("cpu")
-    assert list(plans["configurations"]) == ["3d_fullres"]
+    assert list(plans["configurations"]) == ["3d_fullres", "3d_fullres_condition"]
     conf = plans["configurations"]["3d_fullres"]
     assert conf["spacing"] == [4.5, 3.0, 3.0]  # z, y, x of spacing_xyz (3, 3, 4.5)
     assert conf["patch_size"] == [32, 48, 48]  # z, y, x of patch_size_xyz (48, 48, 32)
@@ -41,6 +41,14 @@ def test_cpu_preset_plans_in_nnunet_format(nnunet_env):
     assert PlansManager(plans).get_configuration("3d_fullres").patch_size == [32, 48, 48]
     loaded = load_plans(500, "nnScreenerPlans_cpu")
     assert loaded.config == cfg and loaded.configuration_manager.spacing == [4.5, 3.0, 3.0]
+    # the condition network: same data and topology, per-voxel LayerNorm instead of InstanceNorm
+    condition = PlansManager(plans).get_configuration("3d_fullres_condition")
+    assert condition.data_identifier == conf["data_identifier"] and condition.patch_size == [32, 48, 48]
+    cond_arch = condition.network_arch_init_kwargs
+    assert cond_arch["norm_op"] == "nnscreener.networks.norms.ChannelLayerNorm3d"
+    assert arch["norm_op"] == "torch.nn.modules.instancenorm.InstanceNorm3d"
+    assert [k for k in cond_arch if cond_arch[k] != arch[k]] == ["norm_op"]
+    assert loaded.network_configuration_manager(masked_input=True).network_arch_init_kwargs == cond_arch
 
 
 def test_default_preset_uses_paper_geometry(nnunet_env):
