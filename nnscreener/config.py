@@ -131,6 +131,10 @@ class DensityConfig:
     condition_variant: str = ""
     pool_stride_xyz: IntXYZ = (3, 3, 2)  # voxels, average-pooling kernel = stride (x, y, z)
     noise_std: float = 0.1  # Gaussian noise on descriptors and conditions, training only
+    # beyond the paper: the preprocessed intensity smoothed at these Gaussian stds (mm; 0 = unsmoothed) is appended
+    # to the descriptor, times intensity_scale (nnscreener/density/intensity.py); () = off (the paper)
+    intensity_sigmas_mm: Tuple[float, ...] = ()
+    intensity_scale: float = 100.0
     flow_blocks: int = 64
     flow_hidden: int = 512
     gaussian_hidden: int = 128

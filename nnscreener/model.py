@@ -26,6 +26,7 @@ from nnscreener.checkpoints import FINAL_CHECKPOINT, load_density_checkpoint
 from nnscreener.config import ScreenerConfig
 from nnscreener.density.conditions import (ConditionEncoder, average_pool, condition_option, density_option,
                                            network_embedding_dim)
+from nnscreener.density.intensity import IntensityFeatures
 from nnscreener.errors import ScreenerError
 
 DENSITY_STAGE = stages.DENSITY
@@ -41,12 +42,16 @@ class ScreenerModel(nn.Module):
         density: a module with ``nll(y, c) -> (B, 1, z', y', x')`` in nats.
         pool_stride_zyx: average-pooling kernel = stride (z, y, x) in voxels for the descriptor map.
         noise_std: std of the Gaussian noise added to the pooled descriptors and conditions in training mode only.
+        intensity: optional smoothed-intensity channels appended to the descriptor before pooling
+            (:mod:`nnscreener.density.intensity`); y then has D + S channels.
     """
 
     def __init__(self, descriptor: nn.Module, condition: ConditionEncoder, density: nn.Module,
-                 pool_stride_zyx: Sequence[int], noise_std: float) -> None:
+                 pool_stride_zyx: Sequence[int], noise_std: float,
+                 intensity: Optional[IntensityFeatures] = None) -> None:
         super().__init__()
         self.descriptor = descriptor.eval().requires_grad_(False)
+        self.intensity = intensity
         self.condition = condition
         self.density = density
         self.pool_stride_zyx = tuple(int(s) for s in pool_stride_zyx)
@@ -65,11 +70,14 @@ class ScreenerModel(nn.Module):
             origin_zyx: (B, 3) int64 voxel index (z, y, x) of each patch's first voxel in the preprocessed volume.
 
         Returns:
-            y (B, D, z', y', x') and c (B, Dc, z', y', x') or None, float32.
+            y (B, D [+ S intensity scales], z', y', x') and c (B, Dc, z', y', x') or None, float32.
         """
         _check_inputs(x, origin_zyx, self.pool_stride_zyx)
         with torch.no_grad():
-            y = average_pool(self.descriptor(x), self.pool_stride_zyx)
+            y = self.descriptor(x)
+            if self.intensity is not None:
+                y = torch.cat([y.float(), self.intensity(x)], dim=1)
+            y = average_pool(y, self.pool_stride_zyx)
             c = self.condition(x, origin_zyx)
         return y.float(), None if c is None else c.float()
 
@@ -121,17 +129,22 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
     Args:
         config: resolved config; ``density.condition`` / ``density.density`` pick the variants.
         descriptor: the descriptor network; D = its ``embedding_dim`` (else ``config.network.embedding_dim``).
-        condition_network: the condition network (``stages.input_channels("condition")`` inputs), needed for the ``masking`` condition only;
-            Dc = its ``embedding_dim`` (else ``config.network.embedding_dim``).
+        condition_network: the condition network (``stages.input_channels("condition")`` inputs), needed for the
+            ``masking`` condition only; Dc = its ``embedding_dim`` (else ``config.network.embedding_dim``).
 
     Raises:
         ScreenerError: unknown variant, or the ``masking`` condition without a condition network.
     """
     density_cfg = config.density
     condition = condition_option(density_cfg.condition).build(config, condition_network)
-    density = density_option(density_cfg.density).build(density_cfg, network_embedding_dim(descriptor, config),
-                                                       condition.out_channels)
-    return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std)
+    intensity = None
+    if density_cfg.intensity_sigmas_mm:
+        intensity = IntensityFeatures(density_cfg.intensity_sigmas_mm, config.preprocessing.spacing_zyx,
+                                      density_cfg.intensity_scale)
+    dim = network_embedding_dim(descriptor, config) + (intensity.out_channels if intensity is not None else 0)
+    density = density_option(density_cfg.density).build(density_cfg, dim, condition.out_channels)
+    return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std,
+                         intensity)
 
 
 def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",

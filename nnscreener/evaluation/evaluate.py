@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation import metrics
-from nnscreener.evaluation.sampling import (DEFAULT_N_NEGATIVES, CaseSample, load_case_sample,
-                                            volume_files_by_case)
+from nnscreener.evaluation.sampling import (BALANCED_VOXELS_PER_SCAN, DEFAULT_N_NEGATIVES, PROTOCOLS, CaseSample,
+                                            balanced_subsample, load_case_sample, volume_files_by_case)
 
 METRIC_NAMES = ("auroc", "partial_auroc", "aupro")
 """Keys of the metric values in every summary entry (JSON null where undefined, e.g. a case without lesions)."""
@@ -140,7 +140,7 @@ def _matched_files(ref_dir: PathLike, pred_dir: PathLike,
 def evaluate_folder(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[PathLike] = None,
                     n_negatives: int = DEFAULT_N_NEGATIVES, seed: int = 0,
                     lesion_kinds: Optional[Mapping[int, str]] = None, max_fpr: float = 0.3,
-                    progress: bool = False) -> Dict[str, Any]:
+                    progress: bool = False, protocol: str = "all") -> Dict[str, Any]:
     """Evaluates every labelled case of ``ref_dir`` against its anomaly map in ``pred_dir``.
 
     Args:
@@ -148,13 +148,14 @@ def evaluate_folder(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[
         pred_dir: folder of anomaly maps ``{case}.nii.gz`` in the labels' exact geometry (docs/design.md C11).
         images_dir: optional folder of CT images ``{case}_0000.nii.gz`` in HU; negatives are then drawn from
             ``body_mask_from_hu``, otherwise from the voxels where the map is above its minimum.
-        n_negatives: K normal voxels drawn per case (without replacement, seeded per case).
-        seed: base seed of the negative draws.
+        n_negatives: K normal voxels drawn per case (without replacement, seeded per case); protocol ``all``.
+        seed: base seed of the voxel draws.
         lesion_kinds: label value -> kind name (e.g. dataset.json's ``"lesion_kinds"``). Per-kind metrics are
             reported when given or when the labels hold more than one lesion value; unnamed values are called
             ``label_<value>``.
         max_fpr: FPR bound of AUROC@ and AUPRO@, in (0, 1].
         progress: show a progress bar.
+        protocol: ``all`` or ``balanced`` (see :data:`~nnscreener.evaluation.sampling.PROTOCOLS`).
 
     Returns:
         A JSON-serializable summary: ``{"settings", "dataset", "per_kind", "per_case"}``; metric values under
@@ -164,22 +165,39 @@ def evaluate_folder(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[
         ScreenerError: missing folders or cases, geometry mismatch (naming the case), no lesion voxel at all.
     """
     max_fpr = metrics.check_max_fpr(max_fpr)
+    if protocol not in PROTOCOLS:
+        raise ScreenerError(f"unknown evaluation protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     if n_negatives < 1:
         raise ScreenerError(f"the number of negatives per case must be >= 1, got {n_negatives}")
-    files = _matched_files(ref_dir, pred_dir, images_dir)
+    if protocol == "balanced":
+        n_negatives = BALANCED_VOXELS_PER_SCAN
     pool = _Pool()
     per_case: Dict[str, Dict[str, Any]] = {}
-    for case, case_files in tqdm(files.items(), desc="evaluating", disable=not progress):
+    for case, case_files in tqdm(_matched_files(ref_dir, pred_dir, images_dir).items(), desc="evaluating",
+                                 disable=not progress):
         sample = load_case_sample(case, case_files["label"], case_files["map"], case_files["image"],
                                   n_negatives=n_negatives, seed=seed)
+        if protocol == "balanced":
+            sample = balanced_subsample(sample, BALANCED_VOXELS_PER_SCAN, seed)
         per_case[case] = _case_entry(sample, max_fpr)
         pool.add(sample)
     pooled = pool.arrays()
+    return {
+        "settings": _settings(ref_dir, pred_dir, images_dir, n_negatives, seed, max_fpr, protocol),
+        "dataset": _dataset_entry(pool, pooled, per_case, ref_dir, max_fpr),
+        "per_kind": _per_kind(pooled, per_case, lesion_kinds, max_fpr),
+        "per_case": per_case,
+    }
+
+
+def _dataset_entry(pool: _Pool, pooled: Mapping[str, np.ndarray], per_case: Mapping[str, Mapping[str, Any]],
+                   ref_dir: PathLike, max_fpr: float) -> Dict[str, Any]:
+    """Counts and pooled metrics over every case; ScreenerError when a class has no voxel at all."""
     if pooled["positive_scores"].size == 0:
         raise ScreenerError(f"no lesion voxel in any label of {ref_dir}: AUROC and AUPRO are undefined")
     if pooled["negative_scores"].size == 0:
         raise ScreenerError(f"no normal body voxel in any case of {ref_dir}: AUROC and AUPRO are undefined")
-    dataset = {
+    return {
         "n_cases": len(per_case),
         "n_cases_with_lesions": sum(1 for entry in per_case.values() if entry["n_positive_voxels"]),
         "n_positive_voxels": int(pooled["positive_scores"].size),
@@ -191,24 +209,28 @@ def evaluate_folder(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[
         "mean_lesion_score": float(np.mean(pooled["positive_scores"])),
         **compute_metrics(pooled["positive_scores"], pooled["region_ids"], pooled["negative_scores"], max_fpr),
     }
+
+
+def _settings(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[PathLike], n_negatives: int, seed: int,
+              max_fpr: float, protocol: str) -> Dict[str, Any]:
+    """What a summary was computed from and how (written into the summary)."""
+    voxels = ("every lesion voxel and n_negatives_per_case normal body voxels per case" if protocol == "all" else
+              f"up to {BALANCED_VOXELS_PER_SCAN} lesion and {BALANCED_VOXELS_PER_SCAN} normal body voxels per case")
     return {
-        "settings": {
-            "ref_dir": str(ref_dir),
-            "pred_dir": str(pred_dir),
-            "images_dir": None if images_dir is None else str(images_dir),
-            "n_negatives_per_case": int(n_negatives),
-            "seed": int(seed),
-            "max_fpr": max_fpr,
-            "region_connectivity": metrics.CONNECTIVITY,
-            "body": "body_mask_from_hu of the images" if images_dir is not None else "voxels above the map's minimum",
-            "geometry": "as stored in the label files (the original image geometry)",
-            "metrics": {"auroc": "area under the voxel ROC curve",
-                        "partial_auroc": f"area under the ROC curve up to FPR {max_fpr:g}, divided by {max_fpr:g}",
-                        "aupro": f"MVTec AUPRO up to FPR {max_fpr:g} (26-connected regions), divided by {max_fpr:g}"},
-        },
-        "dataset": dataset,
-        "per_kind": _per_kind(pooled, per_case, lesion_kinds, max_fpr),
-        "per_case": per_case,
+        "ref_dir": str(ref_dir),
+        "pred_dir": str(pred_dir),
+        "images_dir": None if images_dir is None else str(images_dir),
+        "protocol": protocol,
+        "voxels": voxels,
+        "n_negatives_per_case": int(n_negatives),
+        "seed": int(seed),
+        "max_fpr": max_fpr,
+        "region_connectivity": metrics.CONNECTIVITY,
+        "body": "body_mask_from_hu of the images" if images_dir is not None else "voxels above the map's minimum",
+        "geometry": "as stored in the label files (the original image geometry)",
+        "metrics": {"auroc": "area under the voxel ROC curve",
+                    "partial_auroc": f"area under the ROC curve up to FPR {max_fpr:g}, divided by {max_fpr:g}",
+                    "aupro": f"MVTec AUPRO up to FPR {max_fpr:g} (26-connected regions), divided by {max_fpr:g}"},
     }
 
 
@@ -255,8 +277,10 @@ def format_summary_table(summary: Mapping[str, Any], per_case: bool = True) -> s
     lines += [row(f"kind: {name}", entry) for name, entry in summary["per_kind"].items()]
     dataset = summary["dataset"]
     lines.append(row(f"ALL ({dataset['n_cases']} cases, pooled)", dataset))
-    lines.append(f"negatives: {summary['settings']['n_negatives_per_case']} per case from "
-                 f"{summary['settings']['body']} outside lesions, seed {summary['settings']['seed']}")
+    settings = summary["settings"]
+    lines.append(f"protocol {settings.get('protocol', 'all')}: {settings.get('voxels', '')}; negatives: "
+                 f"{settings['n_negatives_per_case']} per case from {settings['body']} outside lesions, "
+                 f"seed {settings['seed']}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ Everything is computed in the geometry of the stored label and map files (the or
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,18 @@ VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 DEFAULT_N_NEGATIVES = 10_000
 """Normal voxels drawn per scan (K). FPR resolution per scan is 1/K; pooled over n scans, 1/(n K)."""
+
+PROTOCOLS = ("all", "balanced")
+"""Which voxels of a scan enter the metrics (docs/method-notes.md 4.4):
+
+- ``all``: every lesion voxel and K seeded normal body voxels (exact TPR and region overlaps; large lesions weigh
+  by their size in the pooled AUROC);
+- ``balanced``: the authors' validation protocol: up to :data:`BALANCED_VOXELS_PER_SCAN` lesion voxels and as many
+  normal body voxels per scan, each drawn uniformly without replacement (seeded), so every scan with a lesion
+  weighs about the same in the pooled metrics. Region overlaps (AUPRO) are then estimated from the drawn voxels.
+"""
+
+BALANCED_VOXELS_PER_SCAN = 1000
 
 _SPACING_RTOL = 1e-4  # relative tolerance on spacing
 _ORIGIN_ATOL_MM = 1e-3
@@ -163,6 +176,33 @@ def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, bod
         negative_scores=score_map.ravel()[negative_indices].astype(np.float32),
         negative_indices=negative_indices,
         n_negative_candidates=int(candidates.sum()),
+    )
+
+
+def balanced_subsample(sample: CaseSample, n: int = BALANCED_VOXELS_PER_SCAN, seed: int = 0) -> CaseSample:
+    """The ``balanced`` protocol's voxels of one scan: up to ``n`` of its lesion voxels and up to ``n`` of its
+    sampled normal voxels, uniformly without replacement, seeded by ``seed`` and the case name.
+
+    Args:
+        sample: the scan's voxels under the ``all`` protocol (drawn with at least ``n`` negatives).
+        n: voxels kept per class.
+        seed: base seed.
+    """
+    rng = case_rng(seed + 1, sample.case)  # independent of the draw of the negatives
+    keep_pos = np.sort(rng.choice(sample.positive_scores.size, size=min(n, sample.positive_scores.size),
+                                  replace=False))
+    keep_neg = np.sort(rng.choice(sample.negative_scores.size, size=min(n, sample.negative_scores.size),
+                                  replace=False))
+    kept_regions = np.unique(sample.region_ids[keep_pos])
+    return dataclasses.replace(
+        sample,
+        positive_scores=sample.positive_scores[keep_pos],
+        positive_labels=sample.positive_labels[keep_pos],
+        region_ids=np.searchsorted(kept_regions, sample.region_ids[keep_pos]).astype(np.int64) + 1,
+        kind_region_ids=sample.kind_region_ids[keep_pos],
+        n_regions=int(kept_regions.size),
+        negative_scores=sample.negative_scores[keep_neg],
+        negative_indices=sample.negative_indices[keep_neg],
     )
 
 

@@ -180,3 +180,36 @@ def test_table_and_json_output(tmp_path: Path):
     assert "\na " in table and "\nc " not in table  # per-case rows only for cases with lesions
     path = write_summary(summary, tmp_path / "out" / "summary.json")
     assert json.loads(path.read_text())["dataset"]["auroc"] == summary["dataset"]["auroc"]
+
+
+def test_balanced_protocol_draws_up_to_n_voxels_per_class_and_scan(tmp_path, monkeypatch):
+    """Authors' protocol: per scan at most n lesion and n normal voxels; the pooled AUROC is sklearn's on them."""
+    from nnscreener.evaluation import evaluate as evaluate_module
+    from nnscreener.evaluation import sampling
+
+    n = 10  # small enough that case "a" (>10 lesion voxels) is subsampled
+    monkeypatch.setattr(evaluate_module, "BALANCED_VOXELS_PER_SCAN", n)
+    cases = _tiny_dataset(tmp_path)
+    summary = evaluate_folder(tmp_path / "labelsTs", tmp_path / "maps", tmp_path / "imagesTs", protocol="balanced")
+    per_case = summary["per_case"]
+    assert summary["settings"]["protocol"] == "balanced"
+    assert per_case["a"]["n_positive_voxels"] == n < int((cases["a"]["labels"] > 0).sum())
+    assert all(entry["n_negative_voxels"] == n for entry in per_case.values())
+    assert summary["dataset"]["n_negative_voxels"] == 3 * n
+    again = evaluate_folder(tmp_path / "labelsTs", tmp_path / "maps", tmp_path / "imagesTs", protocol="balanced")
+    assert again["dataset"] == summary["dataset"]  # seeded
+    # the same voxels by hand: the 'all' protocol's sample of n negatives, then the balanced subsample
+    kept = [sampling.balanced_subsample(
+        sampling.load_case_sample(c, tmp_path / "labelsTs" / f"{c}.nii.gz", tmp_path / "maps" / f"{c}.nii.gz",
+                                  tmp_path / "imagesTs" / f"{c}_0000.nii.gz", n_negatives=n), n) for c in "abc"]
+    positives = np.concatenate([k.positive_scores for k in kept])
+    negatives = np.concatenate([k.negative_scores for k in kept])
+    expected = roc_auc_score(np.r_[np.ones(positives.size), np.zeros(negatives.size)], np.r_[positives, negatives])
+    assert summary["dataset"]["auroc"] == pytest.approx(expected, abs=1e-12)
+    assert all(np.array_equal(np.unique(k.region_ids), np.arange(1, k.n_regions + 1)) for k in kept)
+
+
+def test_unknown_protocol_is_refused(tmp_path):
+    _tiny_dataset(tmp_path)
+    with pytest.raises(ScreenerError, match="protocol"):
+        evaluate_folder(tmp_path / "labelsTs", tmp_path / "maps", protocol="half")
