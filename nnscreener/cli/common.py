@@ -6,7 +6,7 @@ Every command turns a :class:`~nnscreener.errors.ScreenerError` into one ``PROG:
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from typing import Callable
 
 from nnscreener.errors import ScreenerError
 
@@ -26,19 +26,19 @@ def report_error(prog: str, error: ScreenerError, one_line: bool = False) -> int
     return EXIT_ERROR
 
 
-def run_cli(prog: str, body: Callable[[], Optional[int]], one_line: bool = False) -> int:
-    """Runs a command's body and returns its exit code.
+def run_cli(prog: str, body: Callable[[], object], one_line: bool = False) -> int:
+    """Runs a command's body and returns the command's exit code.
 
     Args:
         prog: the command's name, used in the error line.
-        body: the command's work; returns an exit code, or None for success (0).
+        body: the command's work; what it returns is ignored.
         one_line: as in :func:`report_error`.
 
     Returns:
-        The body's exit code (0 when it returned None), or :data:`EXIT_ERROR` after reporting a ScreenerError.
+        0 when the body returned, :data:`EXIT_ERROR` after reporting a ScreenerError it raised.
     """
     try:
-        rc = body()
+        body()
     except ScreenerError as e:
         return report_error(prog, e, one_line)
-    return 0 if rc is None else rc
+    return 0
