@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from nnscreener.cli.common import run_cli
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation.evaluate import (evaluate_folder, format_summary_table, lesion_kinds_from_dataset_json,
                                             write_summary)
@@ -14,6 +15,7 @@ from nnscreener.evaluation.sampling import DEFAULT_N_NEGATIVES
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
     parser = argparse.ArgumentParser(
         prog="nnScreener_evaluate",
         description="Evaluate anomaly maps against lesion labels: voxel AUROC, AUROC up to FPR 0.3 (area / 0.3) "
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> Path:
+    """Evaluates the maps of ``-pred`` against ``-ref``, prints the table and returns the summary JSON's path."""
     for flag, folder in (("-ref", args.ref), ("-pred", args.pred), ("-img", args.img)):
         if folder is not None and not folder.is_dir():
             raise ScreenerError(f"{flag} folder {folder} does not exist")
@@ -56,13 +59,9 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Console entry point; a ScreenerError becomes one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ScreenerError as e:
-        print(f"nnScreener_evaluate: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli("nnScreener_evaluate", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from nnscreener.errors import ScreenerError
+from nnscreener.cli.common import run_cli
+
+PROG = "nnScreener_generate_synthetic"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
     parser = argparse.ArgumentParser(
-        prog="nnScreener_generate_synthetic",
+        prog=PROG,
         description="Generate the built-in synthetic CT dataset (int16 HU phantoms with exact lesion masks) as an "
         "nnU-Net raw dataset $nnUNet_raw/DatasetXXX_NAME: imagesTr/ (unlabeled; a share of the cases carry "
         "lesions), imagesTs/ + labelsTs/ (every case has at least one lesion), dataset.json.",
@@ -40,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Writes the dataset for parsed arguments; Ctrl-C exits with code 130 (nothing is left under the dataset's
+    name)."""
     try:
         from nnscreener.synthetic.generator import generate_dataset
         from nnscreener.paths import raw_root
@@ -59,15 +63,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             num_processes=args.num_processes,
             overwrite=args.overwrite,
         )
-    except ScreenerError as e:
-        print(f"nnScreener_generate_synthetic: error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
-        print("nnScreener_generate_synthetic: interrupted; nothing was written under the dataset's name",
-              file=sys.stderr)
+        print(f"{PROG}: interrupted; nothing was written under the dataset's name", file=sys.stderr)
         sys.exit(130)
     print(f"wrote {args.n_train} training and {args.n_test} test cases to {folder} "
           f"in {time.perf_counter() - start:.0f} s")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point; a ScreenerError becomes one line on stderr and ``sys.exit(1)``."""
+    args = build_parser().parse_args(argv)
+    rc = run_cli(PROG, lambda: run(args))
+    if rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from nnscreener import paths, stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT
+from nnscreener.cli.common import report_error
 from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES
 from nnscreener.errors import ScreenerError
 
@@ -93,8 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                                part_id=args.part_id, save_png=args.save_png)
     except ScreenerError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        return report_error(PROG, e)
     return 1 if summary.failed else 0
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Type
 import torch
 
 from nnscreener import paths, stages
+from nnscreener.cli.common import report_error
 from nnscreener.config import CONDITIONS, DENSITIES, OBJECTIVES, ScreenerConfig, merge, parse_set_overrides, validate
 from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans, load_plans
@@ -192,8 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         folder = train(args)
     except ScreenerError as e:
-        print(f"nnScreener_train: error: {e}", file=sys.stderr)
-        return 1
+        return report_error("nnScreener_train", e)
     print(f"nnScreener_train: {args.stage} done: {folder}")
     return 0
 

@@ -1,65 +1,51 @@
-"""The demo end to end on a tiny synthetic dataset with 2 iterations per stage: every step runs and a re-run
-reuses what exists."""
-import contextlib
-import io
-import os
+"""nnScreener_demo: its flags reach nnscreener.demo.run_demo (the demo itself is tested in tests/test_demo.py) and
+a ScreenerError becomes one line on stderr with exit code 1."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
 
 import pytest
 
-from nnscreener.cli import demo
+from nnscreener.cli import demo as cli
+from nnscreener.demo import BASE_ITERATIONS, DemoSettings
+from nnscreener.errors import ScreenerError
 
 
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> List[DemoSettings]:
+    """Replaces run_demo with a recorder of its settings."""
+    recorded: List[DemoSettings] = []
+    monkeypatch.setattr(cli, "run_demo", recorded.append)
+    return recorded
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
-    """One tiny demo run shared by the tests of this module (the nnUNet_* variables unset, as on a fresh
-    machine; restored afterwards)."""
-    saved = {var: os.environ.pop(var, None) for var in NNUNET_VARS}
-    work = tmp_path_factory.mktemp("demo") / "work"
-    argv = ["--work_dir", str(work), "--n_train", "4", "--n_test", "2", "--iterations", "2", "-np", "1"]
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            assert demo.main(argv) == 0
-        yield work, argv, out.getvalue()
-    finally:
-        for var, value in saved.items():
-            os.environ.pop(var, None)
-            if value is not None:
-                os.environ[var] = value
+def test_flags_reach_the_demo(calls, tmp_path: Path):
+    assert cli.main(["--work_dir", str(tmp_path), "--minutes", "30", "--iterations", "2", "-d", "501",
+                     "--n_train", "4", "--n_test", "2", "--seed", "3", "-device", "cuda", "-np", "1"]) == 0
+    assert calls == [DemoSettings(work_dir=tmp_path, minutes=30.0, iterations=2, dataset_id=501, n_train=4,
+                                  n_test=2, seed=3, device="cuda", num_processes=1)]
 
 
-def test_demo_runs_every_step_and_writes_the_table(tiny_demo):
-    work, _, out = tiny_demo
-    table = (work / "results.md").read_text()
-    for method in ("Screener (masking + flow)", "intensity floor", "random floor"):
-        assert f"| {method} |" in table
-    maps = sorted((work / "predictions" / "screener_masking_flow").glob("*.nii.gz"))
-    assert [m.name for m in maps] == ["test_0000.nii.gz", "test_0001.nii.gz"]
-    assert list((work / "predictions" / "screener_masking_flow" / "previews").glob("*.png"))
-    results = work / "nnUNet_results" / "Dataset500_SyntheticCT"
-    for stage in ("descriptor__vicreg_d32", "condition__vicreg_d32", "density__masking_flow"):
-        assert (results / f"{stage}__nnScreenerPlans_cpu" / "checkpoint_final.pth").is_file()
-    assert "results table:" in out
+def test_defaults(calls):
+    assert cli.main([]) == 0
+    assert calls == [DemoSettings(work_dir=Path("nnscreener_demo"))]
 
 
-def test_rerun_reuses_every_finished_step(tiny_demo, capsys):
-    work, argv, _ = tiny_demo
-    for var in NNUNET_VARS:  # the demo set them for its run; a fresh process would not have them
-        os.environ.pop(var, None)
-    checkpoint = (work / "nnUNet_results" / "Dataset500_SyntheticCT" / "descriptor__vicreg_d32__nnScreenerPlans_cpu"
-                  / "checkpoint_final.pth")
-    before = checkpoint.stat().st_mtime_ns
-    assert demo.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "reusing the raw dataset" in out and "reusing the finished descriptor model" in out
-    assert checkpoint.stat().st_mtime_ns == before
+def test_error_is_one_stderr_line_with_exit_code_1(monkeypatch, capsys):
+    def fail(settings: DemoSettings) -> None:
+        raise ScreenerError("--iterations must be >= 1, got 0")
+
+    monkeypatch.setattr(cli, "run_demo", fail)
+    assert cli.main(["--iterations", "0"]) == 1
+    assert capsys.readouterr().err == "nnScreener_demo: error: --iterations must be >= 1, got 0\n"
 
 
-def test_budget_must_leave_time_for_training():
-    with pytest.raises(demo.ScreenerError, match="--minutes"):
-        demo.iterations_for_budget(demo.FIXED_MINUTES)
-    assert demo.iterations_for_budget(demo.DEFAULT_MINUTES) == demo.BASE_ITERATIONS
-    assert demo.iterations_for_budget(2 * demo.DEFAULT_MINUTES)["descriptor"] > demo.BASE_ITERATIONS["descriptor"]
+def test_too_small_budget_is_reported(nnunet_env, capsys, tmp_path: Path):
+    assert cli.main(["--work_dir", str(tmp_path / "work"), "--minutes", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnScreener_demo: error: --minutes must exceed") and "Traceback" not in err
+
+
+def test_budget_constants_stay_importable_from_the_cli():
+    assert cli.BASE_ITERATIONS is BASE_ITERATIONS

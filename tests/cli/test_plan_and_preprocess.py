@@ -1,23 +1,14 @@
-"""nnScreener_plan_and_preprocess end to end on the built-in synthetic CT (cpu size) plus a tiny phantom, and its
-error messages on tiny phantom datasets."""
+"""nnScreener_plan_and_preprocess: its flags reach nnscreener.planning.pipeline.plan_and_preprocess (tested in
+tests/planning/test_pipeline.py) and a ScreenerError becomes one line on stderr with exit code 1."""
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List
 
-import numpy as np
-from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+import pytest
 
-from nnscreener.cli.plan_and_preprocess import main
-from nnscreener.plans import load_plans
-from tests.planning.test_preprocessor import phantom_hu, write_ct, write_phantom_raw_dataset
-
-
-def _hashes(folder: Path) -> Dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from nnscreener.cli import plan_and_preprocess as cli
+from nnscreener.errors import ScreenerError
+from tests.planning.test_preprocessor import write_phantom_raw_dataset
 
 
 def _error_line(capsys) -> str:
@@ -26,126 +17,52 @@ def _error_line(capsys) -> str:
     return err[-1]
 
 
-def _synthetic_raw_dataset(env) -> Path:
-    """Two training and one test case of the built-in synthetic CT (cpu size), plus a phantom training case
-    smaller than the cpu patch."""
-    from nnscreener.synthetic.generator import generate_dataset
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> List[Dict[str, Any]]:
+    """Replaces the library function with a recorder of its arguments."""
+    recorded: List[Dict[str, Any]] = []
 
-    raw = generate_dataset(Path(env["nnUNet_raw"]), 500, n_train=2, n_test=1, size="cpu", seed=0,
-                           num_processes=1, progress=False)
-    write_ct(raw / "imagesTr" / "tiny_0000.nii.gz", phantom_hu())
-    content = json.loads((raw / "dataset.json").read_text())
-    content["numTraining"] += 1
-    (raw / "dataset.json").write_text(json.dumps(content))
-    return raw
+    def fake(dataset, config=None, num_processes=1, verify_dataset_integrity=False, clean=False, plans_name=None):
+        recorded.append(dict(dataset=dataset, config=config, num_processes=num_processes,
+                             verify_dataset_integrity=verify_dataset_integrity, clean=clean, plans_name=plans_name))
 
-
-def test_plan_and_preprocess_end_to_end(nnunet_env, capsys):
-    raw = _synthetic_raw_dataset(nnunet_env)
-    raw_labels = json.loads((raw / "dataset.json").read_text())["labels"]
-    before = _hashes(raw)
-    assert main(["-d", "500", "-np", "1", "--preset", "cpu", "--verify_dataset_integrity"]) == 0
-    assert _hashes(raw) == before, "the raw dataset folder was modified"
-
-    pre_root = Path(nnunet_env["nnUNet_preprocessed"])
-    assert [p.name for p in pre_root.iterdir()] == [raw.name]  # no staging folder left behind
-    plans = load_plans(500, "nnScreenerPlans_cpu")
-    assert plans.configuration_manager.spacing == [4.5, 3.0, 3.0]
-    assert plans.dataset_json["labels"] == {"background": 0, "body": 1}
-    assert plans.dataset_json["raw_labels"] == raw_labels
-
-    dataset = nnUNetDatasetBlosc2(str(plans.data_dir))
-    assert sorted(dataset.identifiers) == ["tiny", "train_0000", "train_0001"]
-    for key in dataset.identifiers:
-        data, seg, _, props = dataset.load_case(key)
-        data, seg = np.asarray(data[:]), np.asarray(seg[:])
-        assert data.dtype == np.float32 and seg.dtype == np.int16 and data.shape == seg.shape
-        assert data.shape[0] == 1 and data.min() == 0.0 and data.max() == 1.0
-        assert set(np.unique(seg)) == {0, 1} and 1 in props["class_locations"]
-        assert seg.mean() > 0.05  # mostly body: the crop hugs it
-    data, _, _, props = dataset.load_case("tiny")
-    assert tuple(props["shape_before_cropping"]) == (20, 40, 40)
-    assert data.shape[1] < 32  # smaller than the cpu patch (32, 48, 48) in z: kept, not padded
-
-    # a failing rerun (a patch nnU-Net's UNet cannot take) leaves the previous results untouched
-    plans_file = plans.preprocessed_dir / "nnScreenerPlans_cpu.json"
-    snapshot = _hashes(plans.preprocessed_dir)
-    capsys.readouterr()
-    assert main(["-d", "500", "-np", "1", "--preset", "cpu", "--set", "network.patch_size_xyz=50,48,32"]) == 1
-    assert "patch_size_xyz" in _error_line(capsys)
-    assert _hashes(plans.preprocessed_dir) == snapshot and plans_file.is_file()
-    assert [p.name for p in pre_root.iterdir()] == [raw.name]
+    monkeypatch.setattr(cli, "plan_and_preprocess", fake)
+    return recorded
 
 
-def _assert_nothing_written(env):
-    assert list(Path(env["nnUNet_preprocessed"]).iterdir()) == []
+def test_flags_reach_the_library_function(calls):
+    assert cli.main(["-d", "500", "-np", "3", "--preset", "cpu", "--set", "preprocessing.clahe_clip_limit=0.03",
+                     "--verify_dataset_integrity", "--clean", "-p", "MyPlans"]) == 0
+    (call,) = calls
+    config = call.pop("config")
+    assert call == dict(dataset="500", num_processes=3, verify_dataset_integrity=True, clean=True,
+                        plans_name="MyPlans")
+    assert config.preset == "cpu" and config.preprocessing.clahe_clip_limit == 0.03
+
+
+def test_defaults(calls):
+    assert cli.main(["-d", "Dataset500_SyntheticCT"]) == 0
+    (call,) = calls
+    assert call["config"].preset == "default" and call["num_processes"] >= 1
+    assert not call["verify_dataset_integrity"] and not call["clean"] and call["plans_name"] is None
+
+
+def test_error_is_one_line_with_exit_code_1(monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise ScreenerError("first line\n   second line")
+
+    monkeypatch.setattr(cli, "plan_and_preprocess", fail)
+    assert cli.main(["-d", "500"]) == 1
+    assert _error_line(capsys) == "nnScreener_plan_and_preprocess: error: first line second line"
 
 
 def test_unknown_dataset_id(nnunet_env, capsys):
-    assert main(["-d", "123"]) == 1
+    assert cli.main(["-d", "123"]) == 1
     assert "'123' was not found" in _error_line(capsys)
 
 
 def test_unset_environment_variable(nnunet_env, monkeypatch, capsys):
     write_phantom_raw_dataset(nnunet_env["nnUNet_raw"])
     monkeypatch.delenv("nnUNet_preprocessed")
-    assert main(["-d", "500"]) == 1
+    assert cli.main(["-d", "500"]) == 1
     assert "nnUNet_preprocessed is not set" in _error_line(capsys)
-
-
-def test_non_ct_channel(nnunet_env, capsys):
-    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], dataset_json={"channel_names": {"0": "T1"}})
-    assert main(["-d", "500", "-np", "1"]) == 1
-    line = _error_line(capsys)
-    assert "single CT channel" in line and str(raw / "dataset.json") in line
-    _assert_nothing_written(nnunet_env)
-
-
-def test_missing_dataset_json_key(nnunet_env, capsys):
-    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"])
-    content = json.loads((raw / "dataset.json").read_text())
-    del content["file_ending"]
-    (raw / "dataset.json").write_text(json.dumps(content))
-    assert main(["-d", "500"]) == 1
-    assert "file_ending" in _error_line(capsys)
-
-
-def test_nan_image_is_named_and_nothing_is_written(nnunet_env, capsys):
-    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], n_cases=0,
-                                    dataset_json={"file_ending": ".mha", "numTraining": 2})
-    write_ct(raw / "imagesTr" / "good_0000.mha", phantom_hu())
-    bad = phantom_hu().astype(np.float32)
-    bad[5, 5, 5] = np.nan
-    write_ct(raw / "imagesTr" / "zz_nan_0000.mha", bad)  # sorted last: the good case's mask is written first
-    before = _hashes(raw)
-    assert main(["-d", "500", "-np", "1", "--preset", "cpu"]) == 1
-    line = _error_line(capsys)
-    assert "NaN" in line and str(raw / "imagesTr" / "zz_nan_0000.mha") in line
-    _assert_nothing_written(nnunet_env)
-    assert _hashes(raw) == before
-
-
-def test_unreadable_image_is_named(nnunet_env, capsys):
-    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"])
-    broken = raw / "imagesTr" / "case01_0000.nii.gz"
-    broken.write_bytes(b"not an image")
-    assert main(["-d", "500", "-np", "1"]) == 1
-    assert f"cannot read image {broken}" in _error_line(capsys)
-    _assert_nothing_written(nnunet_env)
-
-
-def test_missing_image_listed_in_dataset_json_is_named(nnunet_env, capsys):
-    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], n_cases=1, dataset_json={
-        "numTraining": 2,
-        "dataset": {"case00": {"images": ["imagesTr/case00_0000.nii.gz"]},
-                    "gone": {"images": ["imagesTr/gone_0000.nii.gz"]}},
-    })
-    assert main(["-d", "500", "-np", "1"]) == 1
-    assert f"missing image file {raw / 'imagesTr' / 'gone_0000.nii.gz'}" in _error_line(capsys)
-    _assert_nothing_written(nnunet_env)
-
-
-def test_numtraining_mismatch_is_reported(nnunet_env, capsys):
-    write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], dataset_json={"numTraining": 5})
-    assert main(["-d", "500"]) == 1
-    assert "numTraining=5" in _error_line(capsys)
