@@ -135,6 +135,9 @@ class DensityConfig:
     # to the descriptor, times intensity_scale (nnscreener/density/intensity.py); () = off (the paper)
     intensity_sigmas_mm: Tuple[float, ...] = ()
     intensity_scale: float = 100.0
+    # beyond the paper: the learned condition read from K >= 2 passes with complementary block masks, each voxel's
+    # from the pass that masks it (nnscreener/density/conditions.py LearnedCondition); 0 = unmasked (the paper)
+    condition_mask_passes: int = 0
     flow_blocks: int = 64
     flow_hidden: int = 512
     gaussian_hidden: int = 128

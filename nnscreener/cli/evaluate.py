@@ -11,7 +11,7 @@ from nnscreener.cli.common import run_cli
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation.evaluate import (evaluate_folder, format_summary_table, lesion_kinds_from_dataset_json,
                                             write_summary)
-from nnscreener.evaluation.sampling import DEFAULT_N_NEGATIVES
+from nnscreener.evaluation.sampling import BALANCED_VOXELS_PER_SCAN, DEFAULT_N_NEGATIVES, PROTOCOLS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="summary JSON (default: PRED/summary.json)")
     parser.add_argument("--n_negatives", type=int, default=DEFAULT_N_NEGATIVES,
                         help=f"normal voxels drawn per scan (default {DEFAULT_N_NEGATIVES})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the negative draws (default 0)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="all",
+                        help="all: every lesion voxel and --n_negatives normal voxels per scan (default); balanced: "
+                             f"the authors' protocol, up to {BALANCED_VOXELS_PER_SCAN} lesion and "
+                             f"{BALANCED_VOXELS_PER_SCAN} normal body voxels per scan")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the voxel draws (default 0)")
     parser.add_argument("--max_fpr", type=float, default=0.3, help="FPR bound of AUROC@ and AUPRO@ (default 0.3)")
     parser.add_argument("--dataset_json", type=Path, default=None,
                         help="dataset.json naming the label values (\"lesion_kinds\" or \"labels\"); default: "
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> Path:
         dataset_json = args.ref.parent / "dataset.json"
     lesion_kinds = lesion_kinds_from_dataset_json(dataset_json) if dataset_json is not None else None
     summary = evaluate_folder(args.ref, args.pred, images_dir=args.img, n_negatives=args.n_negatives,
-                              seed=args.seed, lesion_kinds=lesion_kinds, max_fpr=args.max_fpr, progress=True)
+                              seed=args.seed, lesion_kinds=lesion_kinds, max_fpr=args.max_fpr, progress=True,
+                              protocol=args.protocol)
     print(format_summary_table(summary, per_case=not args.no_per_case))
     output = write_summary(summary, args.output if args.output is not None else args.pred / "summary.json")
     print(f"summary written to {output}")

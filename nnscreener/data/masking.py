@@ -63,3 +63,28 @@ def random_block_mask(patch_zyx: Sequence[int], block_fraction: float, ratio: fl
     for axis, e in enumerate(edges):
         blocks = np.repeat(blocks, np.diff(e), axis=axis)
     return torch.from_numpy(blocks)
+
+
+def complementary_block_masks(patch_zyx: Sequence[int], block_fraction: float, passes: int) -> torch.Tensor:
+    """``passes`` block masks of a patch in which every voxel is masked in exactly one (inference-time masking).
+
+    The training block grid is split into ``passes`` groups by ``(iz + iy + ix) mod passes`` of each block's grid
+    index (a 3D checkerboard for 2 passes), so the visible neighbours of a masked block surround it on every side
+    and each pass masks about ``1 / passes`` of the patch (2 passes: 50%, close to training's 60%).
+
+    Args:
+        patch_zyx: patch shape (Z, Y, X) in voxels.
+        block_fraction: block edge as a fraction of each patch side (config.ssl.masking.block_fraction).
+        passes: K >= 2.
+
+    Returns:
+        (K, Z, Y, X) float32, 1 visible / 0 masked; the masks sum to K - 1 at every voxel.
+    """
+    if passes < 2:
+        raise ScreenerError(f"complementary masking needs at least 2 passes, got {passes}")
+    _check(patch_zyx, block_fraction, 0.0, 1.0)
+    edges = [block_edges(int(p), block_fraction) for p in patch_zyx]
+    grid = np.indices(tuple(len(e) - 1 for e in edges)).sum(axis=0) % passes  # (bz, by, bx) group of each block
+    for axis, e in enumerate(edges):
+        grid = np.repeat(grid, np.diff(e), axis=axis)
+    return torch.from_numpy(np.stack([(grid != k) for k in range(passes)]).astype(np.float32))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnscreener.config import DensityConfig, ScreenerConfig
+from nnscreener.data.masking import complementary_block_masks
 from nnscreener.density.flow import FlowDensity
 from nnscreener.density.gaussian import ConditionalGaussian, MarginalGaussian
 from nnscreener.errors import ScreenerError
@@ -140,20 +141,30 @@ class ConditionEncoder(nn.Module):
 class LearnedCondition(ConditionEncoder):
     """The frozen masking-invariant condition model, average-pooled to the descriptor's pooled grid.
 
-    At inference no voxel is masked, so the network sees concat(image, ones) (2 channels, as in its training where
-    it saw concat(image * mask, mask)). It stays in eval mode and gets no gradients.
+    By default (the paper) no voxel is masked, so the network sees concat(image, ones) (2 channels, as in its
+    training where it saw concat(image * mask, mask)). With ``mask_passes = K >= 2`` (an nnScreener option,
+    ``density.condition_mask_passes``) the network runs K times on complementary block masks
+    (:func:`~nnscreener.data.masking.complementary_block_masks`) and every voxel takes its features from the pass in
+    which its own block is masked: the condition then cannot see the voxel's content, however invariant training
+    made the network. Used the same way in density training and at inference. It stays in eval mode and gets no
+    gradients.
 
     Args:
         network: trained DenseFeatureNet with 2 input channels and ``channels`` output channels.
         channels: Dc, its output channels.
         pool_stride_zyx: pooling stride (z, y, x) in voxels.
+        mask_passes: K; 0 or 1 = unmasked.
+        block_fraction: block edge as a fraction of each patch side (the training masks'), for K >= 2.
     """
 
-    def __init__(self, network: nn.Module, channels: int, pool_stride_zyx: Sequence[int]) -> None:
+    def __init__(self, network: nn.Module, channels: int, pool_stride_zyx: Sequence[int], mask_passes: int = 0,
+                 block_fraction: float = 0.25) -> None:
         super().__init__()
         self.network = network.eval().requires_grad_(False)
         self.out_channels = channels
         self.pool_stride_zyx = tuple(int(s) for s in pool_stride_zyx)
+        self.mask_passes = int(mask_passes)
+        self.block_fraction = float(block_fraction)
 
     def train(self, mode: bool = True) -> "LearnedCondition":
         super().train(mode)
@@ -162,8 +173,21 @@ class LearnedCondition(ConditionEncoder):
 
     def forward(self, image: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            features = self.network(torch.cat([image, torch.ones_like(image)], dim=1))  # (B, Dc, Z, Y, X)
+            if self.mask_passes >= 2:
+                features = self._features_of_masked_voxels(image)
+            else:
+                features = self.network(torch.cat([image, torch.ones_like(image)], dim=1))  # (B, Dc, Z, Y, X)
             return average_pool(features, self.pool_stride_zyx)
+
+    def _features_of_masked_voxels(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Z, Y, X) -> (B, Dc, Z, Y, X): each voxel's features from the pass that masks its block."""
+        b, k = image.shape[0], self.mask_passes
+        masks = complementary_block_masks(image.shape[2:], self.block_fraction, k).to(image)  # (K, Z, Y, X)
+        masks = masks[:, None].repeat_interleave(b, dim=0)  # (K*B, 1, Z, Y, X), pass-major
+        views = image.repeat(k, 1, 1, 1, 1)  # (K*B, 1, Z, Y, X)
+        features = self.network(torch.cat([views * masks, masks], dim=1))  # (K*B, Dc, Z, Y, X)
+        masked_here = (1.0 - masks).to(features.dtype)
+        return (features * masked_here).view(k, b, *features.shape[1:]).sum(dim=0)
 
 
 class SinCosCondition(ConditionEncoder):
@@ -239,7 +263,8 @@ def _build_learned_condition(config: ScreenerConfig, network: Optional[nn.Module
     if network is None:
         raise ScreenerError("the 'masking' condition needs the trained condition model "
                             "(run: nnScreener_train DATASET condition)")
-    return LearnedCondition(network, network_embedding_dim(network, config), config.density.pool_stride_zyx)
+    return LearnedCondition(network, network_embedding_dim(network, config), config.density.pool_stride_zyx,
+                            config.density.condition_mask_passes, config.ssl.masking.block_fraction)
 
 
 def _build_sincos_condition(config: ScreenerConfig, network: Optional[nn.Module]) -> ConditionEncoder:

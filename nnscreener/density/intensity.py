@@ -24,7 +24,7 @@ def gaussian_kernel_1d(sigma_voxels: float) -> torch.Tensor:
     """A normalised 1D Gaussian of std ``sigma_voxels`` truncated at 3 sigma; [1.0] for sigma 0."""
     if sigma_voxels <= 0:
         return torch.ones(1)
-    radius = max(1, int(math.ceil(3.0 * sigma_voxels)))
+    radius = max(1, int(3.0 * sigma_voxels + 0.5))  # as scipy.ndimage.gaussian_filter(truncate=3)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma_voxels) ** 2)
     return (kernel / kernel.sum()).float()

@@ -71,6 +71,18 @@ def test_cli_default_output_seed_and_explicit_dataset_json(dataset: Path, tmp_pa
     summary = json.loads((dataset / "maps" / "summary.json").read_text())
     assert summary["settings"]["seed"] == 3 and set(summary["per_kind"]) == {"a", "b"}
     assert summary["settings"]["body"] == "voxels above the map's minimum"
+    assert summary["settings"]["protocol"] == "all"
+
+
+def test_cli_balanced_protocol(dataset: Path, capsys):
+    argv = ["-ref", str(dataset / "labelsTs"), "-pred", str(dataset / "maps"), "-img", str(dataset / "imagesTs"),
+            "--protocol", "balanced", "-o", str(dataset / "balanced.json")]
+    assert evaluate_cli.main(argv) == 0
+    assert "protocol balanced" in capsys.readouterr().out
+    summary = json.loads((dataset / "balanced.json").read_text())
+    assert summary["settings"]["protocol"] == "balanced"
+    assert all(entry["n_negative_voxels"] <= 1000 and entry["n_positive_voxels"] <= 1000
+               for entry in summary["per_case"].values())
 
 
 def _one_line_error(capsys) -> str:

@@ -60,3 +60,17 @@ def test_bad_settings_raise():
         random_block_mask((8, 8, 8), 0.25, 0.6, -0.1, rng)
     with pytest.raises(ScreenerError, match="patch size"):
         random_block_mask((8, 0, 8), 0.25, 0.6, 0.9, rng)
+
+
+def test_complementary_masks_mask_every_voxel_exactly_once():
+    from nnscreener.data.masking import complementary_block_masks
+
+    masks = complementary_block_masks((32, 48, 48), 0.25, 2)
+    assert masks.shape == (2, 32, 48, 48) and masks.dtype == torch.float32
+    torch.testing.assert_close(masks.sum(0), torch.ones(32, 48, 48))  # K - 1 = 1 visible pass per voxel
+    assert abs(float(1 - masks[0].mean()) - 0.5) < 1e-6  # a 4x4x4 checkerboard: half of the patch per pass
+    assert masks[0, 0, 0, 0] != masks[0, 0, 0, 12]  # neighbouring blocks (12 voxels wide) alternate
+    three = complementary_block_masks((8, 8, 8), 0.25, 3)
+    torch.testing.assert_close(three.sum(0), torch.full((8, 8, 8), 2.0))
+    with pytest.raises(ScreenerError):
+        complementary_block_masks((8, 8, 8), 0.25, 1)

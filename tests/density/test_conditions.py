@@ -147,3 +147,26 @@ def test_unknown_variants_raise_and_list_the_choices():
         condition_option("positional")
     with pytest.raises(ScreenerError, match="gaussian.*flow"):
         density_option("gmm")
+
+
+def test_masked_pass_condition_takes_each_voxel_from_the_pass_that_masks_it():
+    """K = 2 complementary passes: per voxel, the network's output on the pass where its block is masked, so a
+    change of the image inside one block cannot reach that block's own condition features."""
+    from nnscreener.data.masking import complementary_block_masks
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.GELU(), nn.Conv3d(8, 4, 3, padding=1))
+    condition = LearnedCondition(net, 4, (1, 1, 1), mask_passes=2, block_fraction=0.25)
+    image = torch.rand(2, 1, 8, 8, 8)
+    origin = torch.zeros(2, 3, dtype=torch.int64)
+    c = condition(image, origin)
+    masks = complementary_block_masks((8, 8, 8), 0.25, 2)
+    with torch.no_grad():
+        expected = sum(net(torch.cat([image * m, m.expand_as(image)], dim=1)) * (1 - m) for m in masks)
+    torch.testing.assert_close(c, expected)
+    block = (slice(None), slice(None), slice(0, 2), slice(0, 2), slice(0, 2))  # the first 2x2x2 block
+    changed = image.clone()
+    changed[block] = torch.rand(2, 1, 2, 2, 2)
+    c_changed = condition(changed, origin)
+    torch.testing.assert_close(c_changed[block], c[block])  # the block's own content is invisible to it
+    assert not torch.allclose(c_changed, c)  # ...but it is context for the other blocks
