@@ -161,6 +161,7 @@ class InferenceConfig:
 @dataclass(frozen=True)
 class ScreenerConfig:
     preset: str = "default"
+    seed: int = 0
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
