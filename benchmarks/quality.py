@@ -50,7 +50,6 @@ GRID = tuple((condition, density) for condition in ("none", "sincos", "masking")
 DEFAULT_VARIANT = ("masking", "flow")
 PARTS = ("grid", "untrained", "floors", "scaling", "configs")
 FLOORS = ("intensity", "random")
-UNTRAINED_COMMAND = "_write_untrained_models"  # internal: run in a child with the seed's nnUNet_results
 
 
 @dataclass(frozen=True)
@@ -246,8 +245,8 @@ class Campaign:
             return [self.train(setup, seed, stage, variant) for stage in SSL_STAGES]
         step_id = f"untrained/{setup.name}/seed{seed}"
         if not all((self.stage_dir(setup, seed, s, variant) / FINAL_CHECKPOINT).is_file() for s in SSL_STAGES):
-            argv = [sys.executable, str(Path(__file__).resolve()), UNTRAINED_COMMAND, str(self.args.dataset_id),
-                    setup.plans, "--seed", str(seed)]
+            argv = [sys.executable, str(Path(__file__).resolve().with_name("untrained_models.py")),
+                    str(self.args.dataset_id), setup.plans, "--seed", str(seed)]
             self.step(step_id, argv, self.env(setup.plans, self.results_root(setup, seed)))
         return [step_id]
 
@@ -340,41 +339,6 @@ def evaluate_supports_protocol() -> bool:
     return any("--protocol" in action.option_strings for action in build_parser()._actions)
 
 
-# ---------------------------------------------------------------------------------------------------- untrained
-def write_untrained_models(dataset: str, plans_name: str, seed: int) -> List[Path]:
-    """Writes randomly initialised descriptor and condition networks as finished stages of ``$nnUNet_results``.
-
-    ``nnScreener_train`` cannot train 0 steps (``num_iterations`` must be >= 1), so this writes the few keys
-    :func:`~nnscreener.networks.dense_net.load_dense_net` reads, with the trainer's checkpoint name, beside the
-    stage's ``plans.json`` / ``dataset.json`` / ``config.json``; the networks come from the trainers' builder.
-    """
-    import torch
-
-    from nnscreener.config import merge
-    from nnscreener.networks.dense_net import build_dense_net
-    from nnscreener.plans import load_plans
-    from nnscreener.trainers.density import FROZEN_INPUT_CHANNELS
-
-    plans = load_plans(dataset, plans_name)
-    config = merge(plans.config, {"seed": seed})
-    variant = paths.ssl_variant(config.ssl.objective, config.network.embedding_dim)
-    torch.manual_seed(seed)
-    folders = []
-    for stage, in_channels in FROZEN_INPUT_CHANNELS.items():
-        folder = paths.stage_folder(plans.dataset_name, stage, variant, plans.plans_name)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "plans.json").write_text(json.dumps(plans.plans, indent=2))
-        (folder / "dataset.json").write_text(json.dumps(plans.dataset_json, indent=2))
-        (folder / "config.json").write_text(config.to_json())
-        checkpoint = {"network_weights": build_dense_net(plans, in_channels).state_dict(), "iteration": 0,
-                      "screener_config": config.to_dict(), "in_channels": in_channels, "stage": stage,
-                      "variant": variant, "trainer_name": "untrained control (benchmarks/quality.py)"}
-        torch.save(checkpoint, folder / f"{FINAL_CHECKPOINT}.tmp")
-        (folder / f"{FINAL_CHECKPOINT}.tmp").replace(folder / FINAL_CHECKPOINT)
-        folders.append(folder)
-    return folders
-
-
 # ---------------------------------------------------------------------------------------------------- CLI
 def _comma_list(allowed: Sequence[str]):
     def parse(value: str) -> List[str]:
@@ -416,21 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def untrained_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"quality.py {UNTRAINED_COMMAND}")
-    parser.add_argument("dataset")
-    parser.add_argument("plans")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for folder in write_untrained_models(args.dataset, args.plans, args.seed):
-        print(f"untrained model written: {folder}")
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == UNTRAINED_COMMAND:
-        return untrained_main(argv[1:])
     args = build_parser().parse_args(argv)
     if len(args.base_iterations) not in (1, len(paths.STAGES)) or min(args.base_iterations) < 1:
         raise SystemExit("--base_iterations takes 1 or 3 numbers >= 1 (descriptor, condition, density)")

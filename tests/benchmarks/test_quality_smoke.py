@@ -30,13 +30,14 @@ common = _load("common")
 quality = _load("quality")
 report = _load("quality_report")
 probe = _load("ssl_quality")
+untrained = _load("untrained_models")
 
 
 def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
     work, results = tmp_path / "w", tmp_path / "RESULTS.md"
     argv = [sys.executable, str(BENCH / "quality.py"), "--work_dir", str(work), "-d", "978", "--n_train", "2",
             "--n_test", "1", "--base_iterations", "2", "--parts", "scaling", "--scales", "1", "--seeds", "0", "1",
-            "--protocols", "all", "--train_set", "ssl.batch_size=2", "density.batch_size=2", "-o", str(results)]
+            "--protocols", "all", "--step_size", "1", "--train_set", "ssl.batch_size=2", "density.batch_size=2", "-o", str(results)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     first = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -68,7 +69,7 @@ def test_untrained_models_load_as_trained_stages_with_the_trainers_initialisatio
     from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 
     plans = make_fake_preprocessed_dataset(nnunet_env, dataset_id=993, n_cases=1, shape_zyx=(16, 24, 24))
-    folders = quality.write_untrained_models("993", plans.plans_name, seed=7)
+    folders = untrained.write_untrained_models("993", plans.plans_name, seed=7)
 
     assert [f.name for f in folders] == [f"{stage}__vicreg_d32__{plans.plans_name}"
                                          for stage in ("descriptor", "condition")]
