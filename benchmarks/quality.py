@@ -31,9 +31,9 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
@@ -55,11 +55,13 @@ FLOORS = ("intensity", "random")
 @dataclass(frozen=True)
 class ConfigSpec:
     """A configuration: planning overrides (non-empty: own plans ``nnScreenerPlans_cpu_<name>``, as spacing, CLAHE
-    and network widths are fixed at planning) and extra ``nnScreener_train`` arguments for all three stages."""
+    and network widths are fixed at planning), extra ``nnScreener_train`` arguments (``--set SECTION.FIELD=VALUE``,
+    flags) for all three stages, and per stage (``{"density": ("--set", "density.learning_rate=3e-4")}``)."""
 
     description: str
     plan_set: Tuple[str, ...] = ()
     train_args: Tuple[str, ...] = ()
+    stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
 
 
 _WIDTH = get_preset(BASE_PRESET).network.base_num_features
@@ -89,6 +91,10 @@ class Setup:
 
     def iterations_of(self, stage: str) -> int:
         return self.iterations[paths.STAGES.index(stage)]
+
+    def args_of(self, stage: str) -> Tuple[str, ...]:
+        """``nnScreener_train`` arguments of a stage: the configuration's for all stages, then its own."""
+        return (*self.train_args, *CONFIGS[self.config].stage_args.get(stage, ()))
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ class Campaign:
 
         config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
         config = validate(merge(config, run_overrides(build_parser().parse_args(["0", "descriptor",
-                                                                                  *setup.train_args]))))
+                                                                                  *setup.args_of("descriptor")]))))
         return paths.ssl_variant(config.ssl.objective, config.network.embedding_dim)
 
     # ------------------------------------------------------------------ steps
@@ -232,7 +238,7 @@ class Campaign:
             return step_id
         resumed = (folder / LATEST_CHECKPOINT).is_file()
         argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", "--num_iterations",
-                str(setup.iterations_of(stage)), "--set", f"seed={seed}", *setup.train_args, *extra]
+                str(setup.iterations_of(stage)), "--set", f"seed={seed}", *setup.args_of(stage), *extra]
         self.step(step_id, common.cli_argv("nnscreener.cli.train", *argv, *(["--c"] if resumed else [])),
                   self.env(setup.plans, self.results_root(setup, seed)), iterations=setup.iterations_of(stage),
                   resumed=resumed)
@@ -366,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[DEMO_ITERATIONS[stage] for stage in paths.STAGES],
                    help=f"steps at 1x: one for all stages or three (default the demo's, {DEMO_ITERATIONS})")
     p.add_argument("--train_set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="extra --set overrides of every training stage (e.g. smaller batches for a smoke run)")
+                   help="extra --set overrides of every training stage, e.g. smaller batches for a smoke run (not "
+                        "part of the setup folder names: use a fresh --work_dir when changing them)")
     p.add_argument("--step_size", type=float, help="sliding-window step of the predictions (default the preset's)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every child (default 1)")
     p.add_argument("--num_processes", type=int, default=1, help="workers of generation, planning, prediction")

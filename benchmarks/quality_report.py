@@ -81,8 +81,10 @@ class Figures:
         return out
 
     def train_and_predict(self, row: Mapping[str, Any]) -> Tuple[List[float], List[float]]:
-        train = [s for s in ("descriptor", "condition", "untrained", "density", "floor")]
-        return self.cpu_minutes(row, train), self.cpu_minutes(row, ["predict"])
+        """CPU minutes per seed of training (descriptor, condition, density) and of computing the maps (a floor's
+        maps count as prediction)."""
+        return (self.cpu_minutes(row, ["descriptor", "condition", "untrained", "density"]),
+                self.cpu_minutes(row, ["predict", "floor"]))
 
     def kinds(self, protocol: str) -> List[str]:
         found: Dict[str, None] = {}
