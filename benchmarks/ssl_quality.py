@@ -137,6 +137,8 @@ def open_plans(args: argparse.Namespace, tmp: Path):
     from nnscreener.plans import load_plans
 
     folder = args.descriptor_folder or args.condition_folder
+    if folder is not None:  # R/DatasetXXX/<stage>__<variant>__<plans>: R is an nnUNet_results root
+        os.environ.setdefault("nnUNet_results", str(folder.resolve().parent.parent))
     if args.dataset is not None or folder is not None:
         dataset = args.dataset or folder.resolve().parent.name
         plans_name = args.plans or (folder.name.split("__")[2] if folder is not None else "nnScreenerPlans_cpu")
