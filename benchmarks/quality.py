@@ -123,11 +123,11 @@ class Campaign:
         self.raw_root = demo / "nnUNet_raw" if demo else self.work_dir / "nnUNet_raw"
         self.base_pre_root = demo / "nnUNet_preprocessed" if demo else self.work_dir / "nnUNet_preprocessed"
         self.own_pre_root = self.work_dir / "nnUNet_preprocessed"
-        self.raw_dir = self.prepare_dataset()
         self.protocol_flag = evaluate_supports_protocol()
         if not self.protocol_flag and set(args.protocols) != {"all"}:
             raise SystemExit(f"--protocols {' '.join(args.protocols)}: this nnScreener_evaluate has no --protocol "
                              f"flag; only 'all' can be evaluated")
+        self.raw_dir = self.prepare_dataset()
         self.failed: Dict[str, str] = {}
 
     # ------------------------------------------------------------------ folders
