@@ -165,5 +165,10 @@ def tiny_dataset(root: Path, dataset_id: int, preset: str = "cpu", n_train: int 
     folders = set_nnunet_folders(root)
     raw = generate_dataset(folders["nnUNet_raw"], dataset_id=dataset_id, n_train=n_train, n_test=n_test,
                            size="cpu", seed=0, num_processes=num_processes, progress=False)
-    plans_json = plan_and_preprocess(dataset_id, get_preset(preset), num_processes=num_processes)
+    n_proc_da = os.environ.pop("nnUNet_n_proc_DA", None)  # nnU-Net's planner sets torch threads to it: not 0
+    try:
+        plans_json = plan_and_preprocess(dataset_id, get_preset(preset), num_processes=num_processes)
+    finally:
+        if n_proc_da is not None:
+            os.environ["nnUNet_n_proc_DA"] = n_proc_da
     return load_plans(raw.name, plans_json.stem)
