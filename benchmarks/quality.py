@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
@@ -312,9 +312,10 @@ class Campaign:
             self.step(step_id, common.cli_argv("nnscreener.evaluation.floors", *argv), self.env(BASE_PLANS))
         return {"cost": {"floor": step_id}, "summaries": self.evaluate(f"floors/{kind}", out, f"floor-{kind}")}
 
-    def run(self) -> Dict[str, object]:
-        """Runs everything, row by row and seed by seed; a failure skips what depends on it, not the rest."""
-        table_rows = []
+    def run(self, save: Callable[[Dict[str, object]], None]) -> None:
+        """Runs everything, row by row and seed by seed; a failure skips what depends on it, not the rest.
+        ``save`` gets the rows so far after each row (an interrupted campaign still leaves its manifest)."""
+        table_rows: List[Dict[str, object]] = []
         for row in self.rows():
             entry = {"part": row.part, "label": row.label, "setup": row.setup.name, "config": row.setup.config,
                      "description": CONFIGS[row.setup.config].description, "plans": row.setup.plans,
@@ -322,12 +323,12 @@ class Campaign:
             for seed in self.args.seeds:
                 entry["seeds"][str(seed)] = self.attempt(lambda: self.run_row(row, seed), f"{row.label}, seed {seed}")
             table_rows.append(entry)
+            save({"rows": table_rows, "failed": self.failed})
         if "floors" in self.args.parts:
             for kind in FLOORS:
                 table_rows.append({"part": "floors", "label": f"{kind} floor", "setup": "floors", "seeds": {
                     "0": self.attempt(lambda: self.run_floor(kind), f"{kind} floor")}})
-        return {"rows": table_rows, "plan_steps": {p: f"plan/{p}" for p in {r.setup.plans for r in self.rows()}},
-                "failed": self.failed}
+        save({"rows": table_rows, "failed": self.failed})
 
     @staticmethod
     def attempt(action, what: str) -> Optional[Dict[str, object]]:
@@ -397,14 +398,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.base_iterations = tuple(args.base_iterations * (3 if len(args.base_iterations) == 1 else 1))
     start = time.perf_counter()
     campaign = Campaign(args)
-    figures = campaign.run()
-    common.write_json(campaign.work_dir / "campaign.json", {
-        "command": argv, "dataset": str(campaign.raw_dir), "plans_json": str(
-            campaign.base_pre_root / campaign.raw_dir.name / f"{BASE_PLANS}.json"),
+    manifest = {
+        "command": argv, "dataset": str(campaign.raw_dir),
+        "plans_json": str(campaign.base_pre_root / campaign.raw_dir.name / f"{BASE_PLANS}.json"),
         "base_iterations": list(args.base_iterations), "demo_iterations": DEMO_ITERATIONS, "threads": args.threads,
         "num_processes": args.num_processes, "seeds": args.seeds, "protocols": args.protocols,
         "config_scale": args.config_scale, "step_size": args.step_size, "data_seed": args.data_seed,
-        "reused_demo": str(args.reuse_demo) if args.reuse_demo else None, **figures})
+        "reused_demo": str(args.reuse_demo) if args.reuse_demo else None}
+    campaign.run(lambda figures: common.write_json(campaign.work_dir / "campaign.json", {**manifest, **figures}))
     quality_report.main(["--work_dir", str(campaign.work_dir), "-o", str(args.output)])
     print(f"wall-clock of this invocation: {(time.perf_counter() - start) / 60:.1f} min; tables in {args.output}")
     if campaign.failed:
