@@ -9,7 +9,8 @@ the wall-clock and CPU time (user + system of the child and the workers it waite
 ledger.
 
 Parts (``--parts``): ``grid`` (condition none / sincos / masking x density gaussian / flow at 1x), ``untrained``
-(random descriptor and condition networks from ``untrained_models.py``, masking + flow density trained on them), ``floors``
+(random descriptor and condition networks from ``untrained_models.py``, masking + flow density trained on them),
+``floors``
 (``nnscreener.evaluation.floors``), ``scaling`` (masking + flow at ``--scales`` x 1x), ``configs`` (the
 configurations of :data:`CONFIGS` at ``--config_scale`` x 1x). 1x is ``--base_iterations`` (default: the demo's).
 

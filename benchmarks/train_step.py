@@ -120,7 +120,8 @@ def loader_cases_per_second(plans, ids: List[str], workers: int, n_batches: int)
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", dest="dataset", help="preprocessed dataset id (default: a tiny synthetic dataset in a temp folder)")
+    p.add_argument("-d", dest="dataset",
+                   help="preprocessed dataset id (default: a tiny synthetic dataset in a temp folder)")
     p.add_argument("-p", dest="plans", default="nnScreenerPlans_cpu")
     p.add_argument("--preset", default="cpu", help="preset of the tiny dataset (default cpu)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -37,7 +37,8 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
     work, results = tmp_path / "w", tmp_path / "RESULTS.md"
     argv = [sys.executable, str(BENCH / "quality.py"), "--work_dir", str(work), "-d", "978", "--n_train", "2",
             "--n_test", "1", "--base_iterations", "2", "--parts", "scaling", "--scales", "1", "--seeds", "0", "1",
-            "--protocols", "all", "--step_size", "1", "--train_set", "ssl.batch_size=2", "density.batch_size=2", "-o", str(results)]
+            "--protocols", "all", "--step_size", "1", "--train_set", "ssl.batch_size=2", "density.batch_size=2",
+            "-o", str(results)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     first = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
