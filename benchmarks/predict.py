@@ -20,8 +20,8 @@ on CUDA. The target is a ratio of at most 2.5.
     python benchmarks/predict.py --preset default --device cuda
     python benchmarks/predict.py --preset cpu --shape_xyz 256 256 150 --spacing_xyz 1.6 1.6 2.5   # faster on CPU
 
-Note: the plans are written by ``tests.helpers.fake_dataset`` (nnU-Net's network topology for the preset's patch,
-as the planner derives it), so the script needs the repository checkout, not only the installed package.
+The plans come from planning a one-scan synthetic dataset with the package's generator and planner (a minute or
+so before the measurement starts).
 """
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common  # noqa: E402
+
 DATASET_ID = 991
 LABELS = {"background": 0, "lesion": 1}
 
@@ -82,19 +84,13 @@ def write_phantom_ct(path: Path, shape_xyz: Sequence[int], spacing_xyz: Sequence
 
 
 def prepare_plans(preset: str, root: Path) -> str:
-    """Writes plans of ``preset`` for a throw-away dataset under ``root``, sets the nnU-Net env vars (inherited
-    by the measuring processes) and returns the plans name."""
-    for var, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(root / sub)
-    sys.path.insert(0, str(REPO))
-    from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
-
-    plans = make_fake_preprocessed_dataset({"nnUNet_preprocessed": root / "preprocessed"}, dataset_id=DATASET_ID,
-                                           n_cases=1, shape_zyx=(8, 16, 16), preset=preset)
+    """Plans of ``preset`` for a throw-away one-scan synthetic dataset under ``root`` (the package's generator and
+    planner), with this process's nnU-Net folders (inherited by the measuring processes) pointing there; returns
+    the plans name."""
+    plans = common.tiny_dataset(root / "nnunet", dataset_id=DATASET_ID, preset=preset, n_train=1)
     raw = copy.deepcopy(plans.plans)
     raw["configurations"]["3d_fullres"]["normalization_schemes"] = ["ScreenerCTNormalization"]
-    folder = root / "preprocessed" / plans.dataset_name
+    folder = root / "nnunet" / "nnUNet_preprocessed" / plans.dataset_name
     (folder / f"{plans.plans_name}.json").write_text(json.dumps(raw, indent=2))
     (folder / "dataset.json").write_text(json.dumps(dict(plans.dataset_json, labels=LABELS), indent=2))
     return plans.plans_name

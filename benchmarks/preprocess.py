@@ -49,7 +49,7 @@ def prepare(root: Path, args: argparse.Namespace) -> Dict[str, Any]:
     from nnscreener.synthetic.generator import generate_dataset
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    from nnscreener.cli.plan_and_preprocess import plan_and_preprocess
+    from nnscreener.planning.pipeline import plan_and_preprocess
     from nnscreener.config import get_preset
     from nnscreener.plans import load_plans
     from nnscreener.planning.unlabeled import load_derived_dataset

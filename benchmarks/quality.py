@@ -1,111 +1,76 @@
-"""Quality benchmark: the paper's Table 3 grid, an untrained-network control, the floors, quality per CPU minute
-and a scaling curve, on the demo's synthetic CT dataset; writes ``benchmarks/RESULTS.md``.
+"""Quality campaign on the demo's synthetic CT dataset: the paper's Table 3 grid, an untrained control, the floors,
+configurations against CPU minutes and a scaling curve, each trained with several seeds; then
+``quality_report.py`` writes the tables into ``benchmarks/RESULTS.md``.
 
-Every model goes through the user-facing pipeline, each stage in its own child process (``nnScreener_train`` for
-descriptor, condition and density on ``-device cpu``, ``nnScreener_predict`` on ``imagesTs``, ``nnScreener_evaluate``
-with ``-img imagesTs``), so the figures are those a user gets. Each child runs with ``OMP_NUM_THREADS=--threads``;
-``--jobs`` children run at a time. The wall-clock and CPU time (user + system, the child and the worker processes
-it waited for, from ``os.wait4``) of every stage are recorded.
+Every model goes through the user-facing CLIs, one child process at a time (``nnScreener_train`` for descriptor,
+condition and density on ``-device cpu`` with ``--set seed=N``, ``nnScreener_predict`` on ``imagesTs``,
+``nnScreener_evaluate -img imagesTs`` once per ``--protocols`` entry), each with ``OMP_NUM_THREADS=--threads``;
+the wall-clock and CPU time (user + system of the child and the workers it waited for) of every step go to the
+ledger.
 
-Parts (``--parts``):
+Parts (``--parts``): ``grid`` (condition none / sincos / masking x density gaussian / flow at 1x), ``untrained``
+(random descriptor and condition networks from ``untrained_models.py``, masking + flow density trained on them),
+``floors``
+(``nnscreener.evaluation.floors``), ``scaling`` (masking + flow at ``--scales`` x 1x), ``configs`` (the
+configurations of :data:`CONFIGS` at ``--config_scale`` x 1x). 1x is ``--base_iterations`` (default: the demo's).
 
-- ``grid``: condition none / sincos / masking x density gaussian / flow, six density models on one trained
-  descriptor and condition model, at the 1x budget (``--base_iterations``: by default the demo's default steps
-  per stage, ``nnscreener.cli.demo.BASE_ITERATIONS``).
-- ``untrained``: the same pipeline with randomly initialised descriptor and condition networks (built as
-  ``nnScreener_train`` builds them, never updated, saved in the trainer's checkpoint format) and a masking + flow
-  density model trained on them at the 1x density budget.
-- ``floors``: the intensity-only and random floors (``nnscreener.evaluation.floors``), same evaluation.
-- ``scaling``: the default model (masking + flow) at ``--scales`` x the 1x steps of every stage.
-- ``configs``: AUROC against CPU minutes for the configurations of :data:`CONFIGS` at ``--config_scale`` x 1x.
-  A configuration that changes planning fields (spacing, CLAHE, network widths: the UNet comes from the plans)
-  gets its own plans, ``nnScreenerPlans_cpu_<config>``.
+Layout of ``--work_dir W``: ``nnUNet_raw`` / ``nnUNet_preprocessed`` (unless ``--reuse_demo``), ``results/<setup>/
+seed<N>/`` (one ``nnUNet_results`` root per setup and seed, e.g. ``default_it180-180-240/seed0``),
+``predictions/<setup>/seed<N>/<variant>/``, ``summaries/<protocol>/*.json``, ``logs/``, ``ledger.json`` (every
+finished step: timings, fingerprints) and ``campaign.json`` (the rows of the tables and where their figures are).
+Re-running skips finished stages (``checkpoint_final.pth``), predictions and evaluations and resumes interrupted
+training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone.
 
-Layout of ``--work_dir W``: ``nnUNet_raw`` / ``nnUNet_preprocessed`` (unless reused from the demo),
-``results/<setup>/`` (one ``nnUNet_results`` root per trained setup, e.g. ``default_it200-200-300``: the
-steps of descriptor, condition and density),
-``predictions/<setup>/<condition>_<density>/``, ``summaries/*.json`` (every evaluation), ``logs/`` (one log per
-child), ``ledger.json`` (timings of the finished stages) and ``benchmark.json`` (everything the tables show).
-Re-running skips finished stages (``checkpoint_final.pth``), predictions and evaluations, and resumes interrupted
-training with ``--c``.
-
-``--reuse_demo DEMO_WORK_DIR`` reads the demo's dataset and ``nnScreenerPlans_cpu`` preprocessing (plans of other
-configurations go to ``W/nnUNet_preprocessed``) and copies its trained descriptor, condition and masking + flow
-density models into ``W/results/default_it<...>/`` when they were trained for the same number of steps. Nothing in
-the demo's folders is modified.
-
-    python benchmarks/quality.py --work_dir bench_quality --reuse_demo nnscreener_demo --jobs 2 --threads 1
-    python benchmarks/quality.py --work_dir /tmp/qtiny --n_train 4 --n_test 2 --base_iterations 2 --jobs 1 \\
-        --scales 1 2 --configs default,infonce -o /tmp/qtiny/RESULTS.md          # a smoke run of the logic
+    python benchmarks/quality.py --work_dir bench_quality --reuse_demo nnscreener_demo
+    python benchmarks/quality.py --work_dir /tmp/qtiny --n_train 3 --n_test 2 --base_iterations 2 --parts scaling \\
+        --scales 1 -o /tmp/qtiny/RESULTS.md            # a smoke run of the logic
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import re
-import shlex
-import shutil
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # dataset_conversion is a top-level folder of the checkout
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common  # noqa: E402
+import quality_report  # noqa: E402
 from nnscreener import paths  # noqa: E402
-from nnscreener.cli.demo import BASE_ITERATIONS as DEMO_ITERATIONS  # noqa: E402
-from nnscreener.config import get_preset, merge, parse_set_overrides, validate  # noqa: E402
+from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: E402
+from nnscreener.config import get_preset  # noqa: E402
+from nnscreener.demo import BASE_ITERATIONS as DEMO_ITERATIONS  # noqa: E402
 
 BASE_PRESET = "cpu"
 BASE_PLANS = "nnScreenerPlans_cpu"
-FINAL_CHECKPOINT = "checkpoint_final.pth"
-LATEST_CHECKPOINT = "checkpoint_latest.pth"
 SSL_STAGES = ("descriptor", "condition")
 GRID = tuple((condition, density) for condition in ("none", "sincos", "masking") for density in ("gaussian", "flow"))
 DEFAULT_VARIANT = ("masking", "flow")
-NODULE_KIND = "solid_lung_nodule"
 PARTS = ("grid", "untrained", "floors", "scaling", "configs")
 FLOORS = ("intensity", "random")
-UNTRAINED_COMMAND = "_write_untrained_models"  # internal: run in a child with the setup's nnUNet_results
-RESULTS_BEGIN = "<!-- quality benchmark: generated by benchmarks/quality.py, begin -->"
-RESULTS_END = "<!-- quality benchmark: generated by benchmarks/quality.py, end -->"
-INTERPRETATION_TITLE = "## Quality benchmark: interpretation"
-# Runs a CLI module's main(argv) in a child (not every CLI module has a __main__ block).
-CLI_RUNNER = "import importlib, sys; sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[2:]) or 0)"
 
 
 @dataclass(frozen=True)
 class ConfigSpec:
-    """One configuration of the quality-per-compute comparison.
-
-    Attributes:
-        description: what the table says about it.
-        plan_set: planning overrides (``SECTION.FIELD=VALUE``); non-empty means own plans
-            ``nnScreenerPlans_cpu_<name>`` (spacing, CLAHE and network widths are fixed at planning).
-        train_args: extra ``nnScreener_train`` arguments for all three stages (e.g. ``--objective infonce``).
-    """
+    """A configuration: planning overrides (non-empty: own plans ``nnScreenerPlans_cpu_<name>``, as spacing, CLAHE
+    and network widths are fixed at planning), extra ``nnScreener_train`` arguments (``--set SECTION.FIELD=VALUE``,
+    flags) for all three stages, and per stage (``{"density": ("--set", "density.learning_rate=3e-4")}``)."""
 
     description: str
     plan_set: Tuple[str, ...] = ()
     train_args: Tuple[str, ...] = ()
+    stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
 
 
-_CPU_NETWORK = get_preset(BASE_PRESET).network
-CONFIGS: Dict[str, ConfigSpec] = {
+_WIDTH = get_preset(BASE_PRESET).network.base_num_features
+CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "default": ConfigSpec("cpu preset as planned: VICReg, masking condition + flow density"),
     "infonce": ConfigSpec("InfoNCE objective instead of VICReg", train_args=("--objective", "infonce")),
-    "wide": ConfigSpec(f"wider UNet: network.base_num_features={2 * _CPU_NETWORK.base_num_features} "
-                       f"(preset {_CPU_NETWORK.base_num_features})",
-                       plan_set=(f"network.base_num_features={2 * _CPU_NETWORK.base_num_features}",)),
+    "wide": ConfigSpec(f"wider UNet: network.base_num_features={2 * _WIDTH} (preset {_WIDTH})",
+                       plan_set=(f"network.base_num_features={2 * _WIDTH}",)),
     "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false)", plan_set=("preprocessing.use_clahe=false",)),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
@@ -116,17 +81,7 @@ CONFIGS: Dict[str, ConfigSpec] = {
 
 @dataclass(frozen=True)
 class Setup:
-    """A trained descriptor + condition model family in its own ``nnUNet_results`` root.
-
-    Attributes:
-        name: folder name under ``W/results`` and ``W/predictions``, e.g. ``default_it200-200-300``.
-        config: its key in :data:`CONFIGS`.
-        plans: plans name.
-        iterations: optimizer steps per stage, in ``paths.STAGES`` order (descriptor, condition, density).
-        train_args: extra ``nnScreener_train`` arguments for every stage.
-        untrained: the descriptor and condition networks stay at their random initialisation.
-        reusable_from_demo: the demo's models of this setup may be copied in (``--reuse_demo``).
-    """
+    """A configuration at a budget: its plans, steps per stage (descriptor, condition, density), training args."""
 
     name: str
     config: str
@@ -134,16 +89,21 @@ class Setup:
     iterations: Tuple[int, int, int]
     train_args: Tuple[str, ...] = ()
     untrained: bool = False
-    reusable_from_demo: bool = False
 
     def iterations_of(self, stage: str) -> int:
         return self.iterations[paths.STAGES.index(stage)]
 
+    def args_of(self, stage: str) -> Tuple[str, ...]:
+        """``nnScreener_train`` arguments of a stage: the configuration's for all stages, then its own."""
+        return (*self.train_args, *CONFIGS[self.config].stage_args.get(stage, ()))
+
 
 @dataclass(frozen=True)
-class ModelRun:
-    """One density model of a setup, predicted and evaluated."""
+class Row:
+    """One line of a table: a density model of a setup, trained, predicted and evaluated once per seed."""
 
+    part: str
+    label: str
     setup: Setup
     condition: str
     density: str
@@ -152,727 +112,246 @@ class ModelRun:
     def variant(self) -> str:
         return paths.density_variant(self.condition, self.density)
 
-    @property
-    def key(self) -> str:
-        return f"{self.setup.name}/{self.variant}"
 
+class Campaign:
+    """Runs the steps of the requested rows one after the other and records where their figures are."""
 
-@dataclass
-class Task:
-    """A node of the benchmark's dependency graph; ``action`` raises on failure."""
-
-    id: str
-    action: Callable[[], None]
-    deps: Tuple[str, ...] = ()
-
-
-class ChildFailed(RuntimeError):
-    """A child process exited with a non-zero status."""
-
-
-# ---------------------------------------------------------------------------------------------------- timing
-class Ledger:
-    """Timings of finished stages, persisted as JSON after every update (thread-safe)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self.records: Dict[str, Dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def get(self, task_id: str) -> Optional[Dict[str, Any]]:
-        with self._lock:
-            return self.records.get(task_id)
-
-    def record(self, task_id: str, **values: Any) -> None:
-        with self._lock:
-            self.records[task_id] = {**values, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.records, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-
-
-def run_child(argv: Sequence[str], env: Mapping[str, str], log_file: Path) -> Dict[str, float]:
-    """Runs a command to completion with its output appended to ``log_file``.
-
-    Returns:
-        ``{"wall_s", "cpu_s"}``: wall-clock seconds, and user + system CPU seconds of the child and of every
-        descendant it waited for (data-loader and export workers), from ``os.wait4``.
-
-    Raises:
-        ChildFailed: non-zero exit status (naming the log file).
-    """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log_file, "ab") as log:
-        log.write(f"\n$ {shlex.join(argv)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise ChildFailed(f"exit code {proc.returncode} after {wall:.0f} s: see {log_file}")
-    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
-
-
-def cli_argv(module: str, *args: str) -> List[str]:
-    """``python -c <runner> nnscreener.cli.X args...``: the CLI's ``main(argv)`` in a fresh interpreter."""
-    return [sys.executable, "-c", CLI_RUNNER, module, *args]
-
-
-def file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def training_wall_from_checkpoint(checkpoint: Path) -> Optional[float]:
-    """Seconds of training recorded in a checkpoint's nnU-Net logger (sum of its logging periods), or None."""
-    import torch
-
-    logging = torch.load(checkpoint, map_location="cpu", weights_only=False).get("logging", {})
-    starts, ends = logging.get("epoch_start_timestamps", []), logging.get("epoch_end_timestamps", [])
-    if not starts or len(starts) != len(ends):
-        return None
-    return float(sum(e - s for s, e in zip(starts, ends)))
-
-
-def checkpoint_iterations(checkpoint: Path) -> int:
-    import torch
-
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("iteration", -1))
-
-
-# ---------------------------------------------------------------------------------------------------- untrained
-def write_untrained_models(dataset: str, plans_name: str, seed: int) -> List[Path]:
-    """Writes randomly initialised descriptor and condition networks as finished stages of ``$nnUNet_results``.
-
-    The networks are built by :func:`~nnscreener.networks.dense_net.build_dense_net` (as the SSL trainers build
-    them, nnU-Net's initialisation) and saved with the keys :func:`~nnscreener.networks.dense_net.load_dense_net`
-    reads, beside the stage's ``plans.json`` / ``dataset.json`` / ``config.json``, so the density stage and the
-    predictor use them exactly as trained ones.
-    """
-    import torch
-
-    from nnscreener.networks.dense_net import build_dense_net
-    from nnscreener.plans import load_plans
-    from nnscreener.trainers.density import FROZEN_INPUT_CHANNELS
-
-    plans = load_plans(dataset, plans_name)
-    config = plans.config
-    variant = paths.ssl_variant(config.ssl.objective, config.network.embedding_dim)
-    torch.manual_seed(seed)
-    folders = []
-    for stage, in_channels in FROZEN_INPUT_CHANNELS.items():
-        folder = paths.stage_folder(plans.dataset_name, stage, variant, plans.plans_name)
-        folder.mkdir(parents=True, exist_ok=True)
-        network = build_dense_net(plans, in_channels)
-        (folder / "plans.json").write_text(json.dumps(plans.plans, indent=2))
-        (folder / "dataset.json").write_text(json.dumps(plans.dataset_json, indent=2))
-        (folder / "config.json").write_text(config.to_json())
-        checkpoint = {"network_weights": network.state_dict(), "screener_config": config.to_dict(),
-                      "in_channels": in_channels, "stage": stage, "variant": variant, "iteration": 0,
-                      "trainer_name": "untrained control (random initialisation; benchmarks/quality.py)",
-                      "init_seed": seed}
-        tmp = folder / f"{FINAL_CHECKPOINT}.tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, folder / FINAL_CHECKPOINT)
-        folders.append(folder)
-    return folders
-
-
-def untrained_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"quality.py {UNTRAINED_COMMAND}")
-    parser.add_argument("dataset")
-    parser.add_argument("plans")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for folder in write_untrained_models(args.dataset, args.plans, args.seed):
-        print(f"untrained model written: {folder}")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------- the graph
-class QualityBenchmark:
-    """Builds the setups, runs and tasks of the requested parts, runs them, and tabulates the results."""
-
-    def __init__(self, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.argv = list(argv)
         self.work_dir: Path = args.work_dir.resolve()
-        (self.work_dir / "results").mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.work_dir / "ledger.json")
-        self.base_env = dict(os.environ)
-        self.demo_dir: Optional[Path] = args.reuse_demo.resolve() if args.reuse_demo else None
-        self.raw_root, self.base_pre_root = self._data_roots()
+        self.ledger = common.Ledger(self.work_dir / "ledger.json")
+        demo = args.reuse_demo.resolve() if args.reuse_demo else None
+        self.raw_root = demo / "nnUNet_raw" if demo else self.work_dir / "nnUNet_raw"
+        self.base_pre_root = demo / "nnUNet_preprocessed" if demo else self.work_dir / "nnUNet_preprocessed"
         self.own_pre_root = self.work_dir / "nnUNet_preprocessed"
-        self.raw_dir: Optional[Path] = None
-        self.tasks: Dict[str, Task] = {}
-        self.setups: Dict[str, Setup] = {}
-        self.runs: Dict[str, ModelRun] = {}
-        self.grid_runs: List[ModelRun] = []
-        self.untrained_run: Optional[ModelRun] = None
-        self.scaling_runs: Dict[int, ModelRun] = {}
-        self.config_runs: Dict[str, ModelRun] = {}
-        self._last_plan_task: Optional[str] = None
+        self.protocol_flag = evaluate_supports_protocol()
+        if not self.protocol_flag and set(args.protocols) != {"all"}:
+            raise SystemExit(f"--protocols {' '.join(args.protocols)}: this nnScreener_evaluate has no --protocol "
+                             f"flag; only 'all' can be evaluated")
+        self.raw_dir = self.prepare_dataset()
+        self.failed: Dict[str, str] = {}
 
-    # ------------------------------------------------------------------ data
-    def _data_roots(self) -> Tuple[Path, Path]:
-        if self.demo_dir is None:
-            return self.work_dir / "nnUNet_raw", self.work_dir / "nnUNet_preprocessed"
-        raw, pre = self.demo_dir / "nnUNet_raw", self.demo_dir / "nnUNet_preprocessed"
-        for folder in (raw, pre):
-            if not folder.is_dir():
-                raise SystemExit(f"--reuse_demo {self.demo_dir}: {folder} does not exist (run nnScreener_demo first)")
-        return raw, pre
-
+    # ------------------------------------------------------------------ folders
     def prepare_dataset(self) -> Path:
-        """The raw dataset: the demo's, an earlier run's, or freshly generated (the demo's generator and seed)."""
+        """The raw dataset: the demo's, an earlier run's, or generated with the demo's generator and seed."""
         existing = sorted(self.raw_root.glob(f"Dataset{self.args.dataset_id:03d}_*"))
         if existing:
-            print(f"reusing the raw dataset {existing[0]}")
-            self.raw_dir = existing[0]
-        elif self.demo_dir is not None:
+            return existing[0]
+        if self.args.reuse_demo:
             raise SystemExit(f"--reuse_demo: no Dataset{self.args.dataset_id:03d}_* in {self.raw_root}")
-        else:
-            from nnscreener.synthetic.generator import generate_dataset
+        from nnscreener.synthetic.generator import generate_dataset
 
-            self.raw_root.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            self.raw_dir = generate_dataset(self.raw_root, dataset_id=self.args.dataset_id, n_train=self.args.n_train,
-                                            n_test=self.args.n_test, size="cpu", seed=self.args.seed,
-                                            num_processes=self.args.num_processes)
-            print(f"generated {self.raw_dir} in {time.perf_counter() - start:.0f} s")
-        # the parent only computes folder names; every child gets its own nnUNet_* variables
-        os.environ.update(nnUNet_raw=str(self.raw_root), nnUNet_preprocessed=str(self.base_pre_root),
-                          nnUNet_results=str(self.work_dir / "results"))
-        return self.raw_dir
+        self.raw_root.mkdir(parents=True, exist_ok=True)
+        return generate_dataset(self.raw_root, dataset_id=self.args.dataset_id, n_train=self.args.n_train,
+                                n_test=self.args.n_test, size="cpu", seed=self.args.data_seed,
+                                num_processes=self.args.num_processes)
 
     def pre_root(self, plans: str) -> Path:
-        """The base plans live in the (possibly the demo's) base root; other plans always in ``W``'s own root."""
+        """The base plans live in the (possibly the demo's) base root; other plans in ``W``'s own root."""
         return self.base_pre_root if plans == BASE_PLANS else self.own_pre_root
 
-    def child_env(self, plans: str, results_root: Optional[Path] = None) -> Dict[str, str]:
-        env = dict(self.base_env)
-        threads = str(self.args.threads)
-        env.update(nnUNet_raw=str(self.raw_root), nnUNet_preprocessed=str(self.pre_root(plans)),
-                   nnUNet_results=str(results_root or self.work_dir / "results"),
-                   OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-                   PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [self.base_env.get("PYTHONPATH")])]))
-        if self.args.n_proc_da is not None:
-            env["nnUNet_n_proc_DA"] = str(self.args.n_proc_da)
-        return env
+    def results_root(self, setup: Setup, seed: int) -> Path:
+        return self.work_dir / "results" / setup.name / f"seed{seed}"
 
-    def results_root(self, setup: Setup) -> Path:
-        return self.work_dir / "results" / setup.name
+    def stage_dir(self, setup: Setup, seed: int, stage: str, variant: str) -> Path:
+        return self.results_root(setup, seed) / self.raw_dir.name / f"{stage}__{variant}__{setup.plans}"
 
-    def stage_dir(self, setup: Setup, stage: str, variant: str) -> Path:
-        """``paths.stage_folder`` moved into the setup's own ``nnUNet_results`` root."""
-        folder = paths.stage_folder(self.raw_dir.name, stage, variant, setup.plans)
-        return self.results_root(setup) / folder.relative_to(paths.results_root())
+    def prediction_dir(self, row: Row, seed: int) -> Path:
+        return self.work_dir / "predictions" / row.setup.name / f"seed{seed}" / row.variant
 
-    def log_file(self, task_id: str) -> Path:
-        return self.work_dir / "logs" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", task_id) + ".log")
+    def summary_file(self, protocol: str, key: str) -> Path:
+        return self.work_dir / "summaries" / protocol / (key.replace("/", "__") + ".json")
 
-    # ------------------------------------------------------------------ setups and runs
-    def setup_for(self, config: str, scale: float, untrained: bool = False) -> Setup:
+    def env(self, plans: str, results: Optional[Path] = None) -> Dict[str, str]:
+        return common.child_env(self.args.threads, nnUNet_raw=str(self.raw_root),
+                                nnUNet_preprocessed=str(self.pre_root(plans)),
+                                nnUNet_results=str(results or self.work_dir / "results"),
+                                nnUNet_n_proc_DA=None if self.args.n_proc_da is None else str(self.args.n_proc_da))
+
+    def step(self, step_id: str, argv: Sequence[str], env: Dict[str, str], **extra) -> None:
+        """Runs one child (at most once per invocation when it fails) and records its timing."""
+        if step_id in self.failed:
+            raise common.ChildFailed(self.failed[step_id])
+        print(f"[run] {step_id}", flush=True)
+        log = self.work_dir / "logs" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", step_id) + ".log")
+        try:
+            timing = common.run_child(argv, env, log)
+        except common.ChildFailed as e:
+            self.failed[step_id] = str(e)
+            raise
+        self.ledger.record(step_id, **timing, **extra)
+        print(f"[done] {step_id}: {timing['wall_s'] / 60:.1f} min wall, {timing['cpu_s'] / 60:.1f} min CPU", flush=True)
+
+    # ------------------------------------------------------------------ setups
+    def setup(self, config: str, scale: float, untrained: bool = False) -> Setup:
         spec = CONFIGS[config]
         iterations = tuple(max(1, round(scale * n)) for n in self.args.base_iterations)
         steps = str(iterations[0]) if len(set(iterations)) == 1 else "-".join(map(str, iterations))
-        name = f"{'untrained' if untrained else config}_it{steps}"
-        if name not in self.setups:
-            plans = f"{BASE_PLANS}_{config}" if spec.plan_set else BASE_PLANS
-            self.setups[name] = Setup(name, config, plans, iterations, spec.train_args, untrained,
-                                      reusable_from_demo=config == "default" and not untrained)
-            self._add_plan_task(plans, spec.plan_set)
-            self._add_ssl_tasks(self.setups[name])
-        return self.setups[name]
+        plans = f"{BASE_PLANS}_{config}" if spec.plan_set else BASE_PLANS
+        train_args = (*spec.train_args, *[a for item in self.args.train_set for a in ("--set", item)])
+        return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
+                     untrained)
 
-    def model_run(self, setup: Setup, condition: str, density: str) -> ModelRun:
-        run = ModelRun(setup, condition, density)
-        if run.key not in self.runs:
-            self.runs[run.key] = run
-            self._add_model_tasks(run)
-        return self.runs[run.key]
+    def rows(self) -> List[Row]:
+        """The table rows of the requested parts (floors are not rows of trained models)."""
+        a, rows = self.args, []
+        if "grid" in a.parts:
+            rows += [Row("grid", f"condition {c}, density {d}", self.setup("default", 1), c, d) for c, d in GRID]
+        if "untrained" in a.parts:
+            rows.append(Row("untrained", "untrained control: random descriptor + condition, masking + flow",
+                            self.setup("default", 1, untrained=True), *DEFAULT_VARIANT))
+        if "configs" in a.parts:
+            rows += [Row("configs", c, self.setup(c, a.config_scale), *DEFAULT_VARIANT) for c in a.configs]
+        if "scaling" in a.parts:
+            rows += [Row("scaling", f"{s:g}x", self.setup("default", s), *DEFAULT_VARIANT) for s in sorted(a.scales)]
+        return rows
 
-    def ssl_variant_of(self, setup: Setup) -> str:
-        """The descriptor/condition variant a setup's runs train and read: preset + planning + train overrides."""
-        from nnscreener.cli.train import build_parser as train_parser
-        from nnscreener.cli.train import run_overrides
+    def ssl_variant(self, setup: Setup) -> str:
+        """The descriptor/condition variant a setup trains: preset + planning + training overrides."""
+        from nnscreener.cli.train import build_parser, run_overrides
+        from nnscreener.config import merge, parse_set_overrides, validate
 
         config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
-        overrides = run_overrides(train_parser().parse_args(["0", "descriptor", *setup.train_args]))
-        config = validate(merge(config, overrides))
+        config = validate(merge(config, run_overrides(build_parser().parse_args(["0", "descriptor",
+                                                                                  *setup.args_of("descriptor")]))))
         return paths.ssl_variant(config.ssl.objective, config.network.embedding_dim)
 
-    def build(self) -> None:
-        parts = self.args.parts
-        if "scaling" in parts:  # first, the longest first: its chain of stages bounds the wall-clock time
-            for scale in sorted(set(self.args.scales), reverse=True):
-                self.scaling_runs[scale] = self.model_run(self.setup_for("default", scale), *DEFAULT_VARIANT)
-        if "grid" in parts:
-            self.grid_runs = [self.model_run(self.setup_for("default", 1), c, d) for c, d in GRID]
-        if "configs" in parts:
-            for config in self.args.configs:
-                self.config_runs[config] = self.model_run(self.setup_for(config, self.args.config_scale),
-                                                          *DEFAULT_VARIANT)
-        if "untrained" in parts:
-            self.untrained_run = self.model_run(self.setup_for("default", 1, untrained=True), *DEFAULT_VARIANT)
-        if "floors" in parts:
-            for kind in FLOORS:
-                self._add_floor_tasks(kind)
-
-    # ------------------------------------------------------------------ tasks
-    def _add(self, task_id: str, action: Callable[[], None], deps: Sequence[Optional[str]] = ()) -> str:
-        if task_id not in self.tasks:
-            self.tasks[task_id] = Task(task_id, action, tuple(d for d in deps if d))
-        return task_id
-
-    def _add_plan_task(self, plans: str, plan_set: Sequence[str]) -> Optional[str]:
-        task_id = f"plan/{plans}"
-        if task_id in self.tasks:
-            return task_id
-        plans_json = self.pre_root(plans) / self.raw_dir.name / f"{plans}.json"
-        if plans == BASE_PLANS and self.demo_dir is not None:
-            if not plans_json.is_file():
-                raise SystemExit(f"--reuse_demo: the demo has no {plans_json}")
-            return None
-
-        def plan() -> None:
-            if plans_json.is_file():
-                return
-            self.pre_root(plans).mkdir(parents=True, exist_ok=True)
-            argv = ["-d", str(self.args.dataset_id), "--preset", BASE_PRESET, "-p", plans,
-                    "-np", str(self.args.num_processes)]
-            if plan_set:
-                argv += ["--set", *plan_set]
-            timing = run_child(cli_argv("nnscreener.cli.plan_and_preprocess", *argv), self.child_env(plans),
-                               self.log_file(task_id))
-            self.ledger.record(task_id, **timing, source="measured")
-
-        # planning writes body masks and dataset.json into one dataset folder: never two at once
-        self._add(task_id, plan, [self._last_plan_task])
-        self._last_plan_task = task_id
-        return task_id
-
-    def _plan_dep(self, setup: Setup) -> Optional[str]:
-        task_id = f"plan/{setup.plans}"
-        return task_id if task_id in self.tasks else None
-
-    def _add_ssl_tasks(self, setup: Setup) -> None:
-        if setup.untrained:
-            task_id = f"untrained/{setup.name}"
-            variant = self.ssl_variant_of(setup)
-            folders = [self.stage_dir(setup, stage, variant) for stage in SSL_STAGES]
-
-            def build_untrained() -> None:
-                if all((f / FINAL_CHECKPOINT).is_file() for f in folders):
-                    return
-                argv = [sys.executable, str(Path(__file__).resolve()), UNTRAINED_COMMAND, str(self.args.dataset_id),
-                        setup.plans, "--seed", str(self.args.untrained_seed)]
-                timing = run_child(argv, self.child_env(setup.plans, self.results_root(setup)), self.log_file(task_id))
-                self.ledger.record(task_id, **timing, source="measured")
-
-            self._add(task_id, build_untrained, [self._plan_dep(setup)])
+    # ------------------------------------------------------------------ steps
+    def plan(self, setup: Setup) -> None:
+        plans_json = self.pre_root(setup.plans) / self.raw_dir.name / f"{setup.plans}.json"
+        if plans_json.is_file():
             return
-        for stage in SSL_STAGES:
-            task_id = f"train/{setup.name}/{stage}"
-            folder = self.stage_dir(setup, stage, self.ssl_variant_of(setup))
-            self._add(task_id, self._train_action(task_id, setup, stage, folder, []), [self._plan_dep(setup)])
+        if self.args.reuse_demo and setup.plans == BASE_PLANS:
+            raise SystemExit(f"--reuse_demo: the demo has no {plans_json}")
+        self.pre_root(setup.plans).mkdir(parents=True, exist_ok=True)
+        argv = ["-d", str(self.args.dataset_id), "--preset", BASE_PRESET, "-p", setup.plans,
+                "-np", str(self.args.num_processes)]
+        plan_set = CONFIGS[setup.config].plan_set
+        self.step(f"plan/{setup.plans}", common.cli_argv("nnscreener.cli.plan_and_preprocess", *argv,
+                                                         *(["--set", *plan_set] if plan_set else [])),
+                  self.env(setup.plans))
 
-    def _ssl_deps(self, setup: Setup) -> List[str]:
-        if setup.untrained:
-            return [f"untrained/{setup.name}"]
-        return [f"train/{setup.name}/{stage}" for stage in SSL_STAGES]
+    def train(self, setup: Setup, seed: int, stage: str, variant: str, extra: Sequence[str] = ()) -> str:
+        """Trains a stage unless finished; resumes an interrupted one. Returns its ledger step id."""
+        step_id = f"train/{setup.name}/seed{seed}/{stage}" + (f"/{variant}" if stage == "density" else "")
+        folder = self.stage_dir(setup, seed, stage, variant)
+        if (folder / FINAL_CHECKPOINT).is_file():
+            return step_id
+        resumed = (folder / LATEST_CHECKPOINT).is_file()
+        argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", "--num_iterations",
+                str(setup.iterations_of(stage)), "--set", f"seed={seed}", *setup.args_of(stage), *extra]
+        self.step(step_id, common.cli_argv("nnscreener.cli.train", *argv, *(["--c"] if resumed else [])),
+                  self.env(setup.plans, self.results_root(setup, seed)), iterations=setup.iterations_of(stage),
+                  resumed=resumed)
+        return step_id
 
-    def _train_action(self, task_id: str, setup: Setup, stage: str, folder: Path,
-                      extra: Sequence[str]) -> Callable[[], None]:
-        def train() -> None:
-            final = folder / FINAL_CHECKPOINT
-            if final.is_file():
-                return
-            if setup.reusable_from_demo and self._copy_from_demo(setup, stage, folder, task_id):
-                return
-            argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu",
-                    "--num_iterations", str(setup.iterations_of(stage)), *setup.train_args, *extra]
-            resumed = (folder / LATEST_CHECKPOINT).is_file()
-            if resumed:
-                argv.append("--c")
-            timing = run_child(cli_argv("nnscreener.cli.train", *argv),
-                               self.child_env(setup.plans, self.results_root(setup)), self.log_file(task_id))
-            self.ledger.record(task_id, **timing, iterations=setup.iterations_of(stage),
-                               source="measured (resumed: time before the interruption not counted)" if resumed
-                               else "measured")
+    def ssl(self, setup: Setup, seed: int) -> List[str]:
+        """Descriptor and condition of a setup and seed (random ones for the untrained control)."""
+        variant = self.ssl_variant(setup)
+        if not setup.untrained:
+            return [self.train(setup, seed, stage, variant) for stage in SSL_STAGES]
+        step_id = f"untrained/{setup.name}/seed{seed}"
+        if not all((self.stage_dir(setup, seed, s, variant) / FINAL_CHECKPOINT).is_file() for s in SSL_STAGES):
+            argv = [sys.executable, str(Path(__file__).resolve().with_name("untrained_models.py")),
+                    str(self.args.dataset_id), setup.plans, "--seed", str(seed)]
+            self.step(step_id, argv, self.env(setup.plans, self.results_root(setup, seed)))
+        return [step_id]
 
-        return train
+    def predict(self, row: Row, seed: int) -> str:
+        """Predicts the test images unless done with the current density checkpoint. Returns the step id."""
+        step_id = f"predict/{row.setup.name}/seed{seed}/{row.variant}"
+        fingerprint = common.file_fingerprint(self.stage_dir(row.setup, seed, "density", row.variant) /
+                                              FINAL_CHECKPOINT)
+        if (self.ledger.get(step_id) or {}).get("fingerprint") == fingerprint:
+            return step_id
+        out = self.prediction_dir(row, seed)
+        marker = out / "benchmark_model.json"  # an interrupted prediction of the same model resumes
+        stale = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": fingerprint}))
+        argv = ["-i", str(self.raw_dir / "imagesTs"), "-o", str(out), "-d", str(self.args.dataset_id),
+                "-p", row.setup.plans, "--condition", row.condition, "--density", row.density, "-device", "cpu",
+                "-npp", str(self.args.num_processes), "-nps", str(self.args.num_processes)]
+        argv += [] if self.args.step_size is None else ["-step_size", str(self.args.step_size)]
+        self.step(step_id, common.cli_argv("nnscreener.cli.predict", *argv, *(["--overwrite"] if stale else [])),
+                  self.env(row.setup.plans, self.results_root(row.setup, seed)), fingerprint=fingerprint)
+        return step_id
 
-    def _copy_from_demo(self, setup: Setup, stage: str, folder: Path, task_id: str) -> bool:
-        """Copies a finished stage of the demo's nnUNet_results (read-only) when it ran as many steps as the setup's."""
-        if self.demo_dir is None:
-            return False
-        source = self.demo_dir / "nnUNet_results" / folder.relative_to(self.results_root(setup))
-        checkpoint = source / FINAL_CHECKPOINT
-        if not checkpoint.is_file():
-            return False
-        done = checkpoint_iterations(checkpoint)
-        if done != setup.iterations_of(stage):
-            print(f"not reusing {source}: trained {done} iterations, this setup needs {setup.iterations_of(stage)}")
-            return False
-        staging = folder.with_name(folder.name + ".copying")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        os.replace(staging, folder)
-        self.ledger.record(task_id, wall_s=training_wall_from_checkpoint(checkpoint), cpu_s=None,
-                           iterations=done, source=f"copied from the demo ({source}); wall-clock from its training "
-                                                   f"log, CPU time not measured")
-        print(f"copied the demo's finished stage {source}")
-        return True
-
-    def _add_model_tasks(self, run: ModelRun) -> None:
-        setup = run.setup
-        density_dir = self.stage_dir(setup, "density", run.variant)
-        extra = ["--condition", run.condition, "--density", run.density]
-        train_id = f"train/{setup.name}/density/{run.variant}"
-        self._add(train_id, self._train_action(train_id, setup, "density", density_dir, extra), self._ssl_deps(setup))
-        pred_dir = self.prediction_dir(run)
-        predict_id = f"predict/{run.key}"
-
-        def predict() -> None:
-            fingerprint = file_fingerprint(density_dir / FINAL_CHECKPOINT)
-            record = self.ledger.get(predict_id)
-            if record and record.get("fingerprint") == fingerprint:
-                return
-            marker = pred_dir / "benchmark_model.json"
-            stale = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint
-            pred_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"density_folder": str(density_dir), "fingerprint": fingerprint}))
-            argv = ["-i", str(self.raw_dir / "imagesTs"), "-o", str(pred_dir), "-d", str(self.args.dataset_id),
-                    "-p", setup.plans, "--condition", run.condition, "--density", run.density, "-device", "cpu",
-                    "-npp", str(self.args.num_processes), "-nps", str(self.args.num_processes)]
-            if stale:
-                argv.append("--overwrite")
-            timing = run_child(cli_argv("nnscreener.cli.predict", *argv),
-                               self.child_env(setup.plans, self.results_root(setup)), self.log_file(predict_id))
-            self.ledger.record(predict_id, **timing, fingerprint=fingerprint, source="measured")
-
-        self._add(predict_id, predict, [train_id])
-        self._add_eval_task(run.key, pred_dir, setup.plans, lambda: file_fingerprint(density_dir / FINAL_CHECKPOINT),
-                            predict_id)
-
-    def prediction_dir(self, run: ModelRun) -> Path:
-        return self.work_dir / "predictions" / run.setup.name / run.variant
-
-    def summary_file(self, key: str) -> Path:
-        return self.work_dir / "summaries" / (key.replace("/", "__") + ".json")
-
-    def _add_eval_task(self, key: str, pred_dir: Path, plans: str, fingerprint: Callable[[], str],
-                       dep: str) -> None:
-        task_id = f"evaluate/{key}"
-        summary = self.summary_file(key)
-
-        def evaluate() -> None:
-            current = fingerprint()
-            record = self.ledger.get(task_id)
-            if summary.is_file() and record and record.get("fingerprint") == current:
-                return
-            summary.parent.mkdir(parents=True, exist_ok=True)
+    def evaluate(self, key: str, pred_dir: Path, fingerprint: str) -> Dict[str, str]:
+        """Evaluates a prediction folder under every protocol unless done. Returns ``{protocol: summary file}``."""
+        out = {}
+        for protocol in self.args.protocols:
+            summary, step_id = self.summary_file(protocol, key), f"evaluate/{protocol}/{key}"
+            out[protocol] = str(summary)
+            if summary.is_file() and (self.ledger.get(step_id) or {}).get("fingerprint") == fingerprint:
+                continue
             argv = ["-ref", str(self.raw_dir / "labelsTs"), "-pred", str(pred_dir), "-img",
                     str(self.raw_dir / "imagesTs"), "-o", str(summary), "--dataset_json",
                     str(self.raw_dir / "dataset.json"), "--no_per_case"]
-            timing = run_child(cli_argv("nnscreener.cli.evaluate", *argv), self.child_env(plans),
-                               self.log_file(task_id))
-            self.ledger.record(task_id, **timing, fingerprint=current, source="measured")
+            argv += ["--protocol", protocol] if self.protocol_flag else []
+            summary.parent.mkdir(parents=True, exist_ok=True)
+            self.step(step_id, common.cli_argv("nnscreener.cli.evaluate", *argv), self.env(BASE_PLANS),
+                      fingerprint=fingerprint)
+        return out
 
-        self._add(task_id, evaluate, [dep])
+    def run_row(self, row: Row, seed: int) -> Dict[str, object]:
+        """Every step of one row and seed; returns the ledger ids of its costs and its summary files."""
+        setup = row.setup
+        self.plan(setup)
+        cost = dict(zip(("untrained",) if setup.untrained else SSL_STAGES, self.ssl(setup, seed)))
+        cost["density"] = self.train(setup, seed, "density", row.variant,
+                                     ["--condition", row.condition, "--density", row.density])
+        cost["predict"] = self.predict(row, seed)
+        fingerprint = self.ledger.get(cost["predict"])["fingerprint"]
+        key = f"{setup.name}/seed{seed}/{row.variant}"
+        return {"cost": cost, "summaries": self.evaluate(key, self.prediction_dir(row, seed), fingerprint)}
 
-    def _add_floor_tasks(self, kind: str) -> None:
-        task_id = f"floor/{kind}"
-        out_dir = self.work_dir / "predictions" / "floors" / kind
+    def run_floor(self, kind: str) -> Dict[str, object]:
+        step_id, out = f"floor/{kind}", self.work_dir / "predictions" / "floors" / kind
+        if self.ledger.get(step_id) is None:
+            argv = [kind, "-i", str(self.raw_dir / "imagesTs"), "-o", str(out), "-tr", str(self.raw_dir / "imagesTr")]
+            self.step(step_id, common.cli_argv("nnscreener.evaluation.floors", *argv), self.env(BASE_PLANS))
+        return {"cost": {"floor": step_id}, "summaries": self.evaluate(f"floors/{kind}", out, f"floor-{kind}")}
 
-        def floor() -> None:
-            if self.ledger.get(task_id):
-                return
-            argv = [kind, "-i", str(self.raw_dir / "imagesTs"), "-o", str(out_dir), "-tr",
-                    str(self.raw_dir / "imagesTr")]
-            timing = run_child(cli_argv("nnscreener.evaluation.floors", *argv), self.child_env(BASE_PLANS),
-                               self.log_file(task_id))
-            self.ledger.record(task_id, **timing, source="measured")
-
-        self._add(task_id, floor)
-        self._add_eval_task(f"floors/{kind}", out_dir, BASE_PLANS, lambda: f"floor-{kind}", task_id)
-
-    # ------------------------------------------------------------------ execution
-    def run(self) -> Dict[str, str]:
-        """Runs every task whose dependencies finished, ``--jobs`` at a time; returns ``{task: status}``."""
-        print(f"{len(self.tasks)} tasks ({', '.join(sorted({t.split('/')[0] for t in self.tasks}))}); finished "
-              f"stages are skipped; logs in {self.work_dir / 'logs'}", flush=True)
-        return run_graph(self.tasks, self.args.jobs)
-
-
-def run_graph(tasks: Mapping[str, Task], jobs: int) -> Dict[str, str]:
-    """Runs a dependency graph with at most ``jobs`` tasks at once (in insertion order among the ready ones).
-
-    Returns:
-        ``{task id: "done" | "failed" | "blocked"}`` (blocked: a dependency failed).
-    """
-    status: Dict[str, str] = {}
-    pending = dict(tasks)
-    running: Dict[Future, str] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or running:
-            changed = True
-            while changed:  # propagate failures through any number of levels
-                changed = False
-                for task_id, task in list(pending.items()):
-                    if any(status.get(d) in ("failed", "blocked") for d in task.deps):
-                        status[task_id] = "blocked"
-                        del pending[task_id]
-                        changed = True
-                        print(f"[blocked] {task_id}: a dependency failed", flush=True)
-            for task_id, task in list(pending.items()):
-                if len(running) >= jobs:
-                    break
-                unknown = [d for d in task.deps if d not in tasks]
-                assert not unknown, f"{task_id} depends on unknown tasks {unknown}"
-                if all(status.get(d) == "done" for d in task.deps):
-                    running[pool.submit(_timed, task)] = task_id
-                    del pending[task_id]
-            if not running:
-                assert not pending, f"tasks waiting for nothing: {sorted(pending)}"
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task_id = running.pop(future)
-                try:
-                    future.result()
-                    status[task_id] = "done"
-                except Exception as e:  # noqa: BLE001  (one failed stage must not stop the others)
-                    status[task_id] = "failed"
-                    print(f"[failed] {task_id}: {e}", flush=True)
-    return status
-
-
-def _timed(task: Task) -> None:
-    start = time.perf_counter()
-    task.action()
-    seconds = time.perf_counter() - start
-    if seconds > 1:
-        print(f"[done] {task.id} ({seconds / 60:.1f} min wall)", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------- report
-def machine_description() -> Dict[str, str]:
-    import torch
-    from importlib.metadata import version
-
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "cores": f"{usable} usable ({os.cpu_count()} logical)", "torch": torch.__version__,
-            "nnunetv2": version("nnunetv2"), "python": platform.python_version(), "os": platform.platform()}
-
-
-def _fmt(value: Optional[float], digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-class Report:
-    """Markdown tables from the summaries and the ledger."""
-
-    def __init__(self, bench: QualityBenchmark) -> None:
-        self.bench = bench
-        self.footnotes: Dict[str, str] = {}
-
-    def summary(self, key: str) -> Optional[Dict[str, Any]]:
-        path = self.bench.summary_file(key)
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def minutes(self, task_id: str) -> Tuple[Optional[float], str]:
-        """CPU minutes of a task and how to print them (wall-clock with a dagger when CPU was not measured)."""
-        record = self.bench.ledger.get(task_id)
-        if record is None:
-            return None, "-"
-        if record.get("cpu_s") is not None:
-            return record["cpu_s"] / 60, f"{record['cpu_s'] / 60:.1f}"
-        if record.get("wall_s") is not None:
-            self.footnotes["†"] = ("† reused from the demo: wall-clock minutes from its training log (the demo "
-                                   "trains with all cores), CPU time not measured")
-            return record["wall_s"] / 60, f"{record['wall_s'] / 60:.1f}†"
-        return None, "?"
-
-    def run_costs(self, run: ModelRun) -> Dict[str, Tuple[Optional[float], str]]:
-        setup = run.setup
-        ssl = ({"descriptor + condition": self.minutes(f"untrained/{setup.name}")} if setup.untrained else
-               {stage: self.minutes(f"train/{setup.name}/{stage}") for stage in SSL_STAGES})
-        return {**ssl, "density": self.minutes(f"train/{setup.name}/density/{run.variant}"),
-                "predict": self.minutes(f"predict/{run.key}")}
+    def run(self, save: Callable[[Dict[str, object]], None]) -> None:
+        """Runs everything, row by row and seed by seed; a failure skips what depends on it, not the rest.
+        ``save`` gets the rows so far after each row (an interrupted campaign still leaves its manifest)."""
+        table_rows: List[Dict[str, object]] = []
+        for row in self.rows():
+            entry = {"part": row.part, "label": row.label, "setup": row.setup.name, "config": row.setup.config,
+                     "description": CONFIGS[row.setup.config].description, "plans": row.setup.plans,
+                     "iterations": list(row.setup.iterations), "variant": row.variant, "seeds": {}}
+            for seed in self.args.seeds:
+                entry["seeds"][str(seed)] = self.attempt(lambda: self.run_row(row, seed), f"{row.label}, seed {seed}")
+            table_rows.append(entry)
+            save({"rows": table_rows, "failed": self.failed})
+        if "floors" in self.args.parts:
+            for kind in FLOORS:
+                table_rows.append({"part": "floors", "label": f"{kind} floor", "setup": "floors", "seeds": {
+                    "0": self.attempt(lambda: self.run_floor(kind), f"{kind} floor")}})
+        save({"rows": table_rows, "failed": self.failed})
 
     @staticmethod
-    def total(costs: Mapping[str, Tuple[Optional[float], str]]) -> str:
-        values = [v for v, _ in costs.values()]
-        if any(v is None for v in values):
-            return "-"
-        dagger = "†" if any(text.endswith("†") for _, text in costs.values()) else ""
-        return f"{sum(values):.1f}{dagger}"
-
-    def methods(self) -> Dict[str, Dict[str, Any]]:
-        """``{method name: summary}`` of table 1: the grid, the untrained control, the floors."""
-        out: Dict[str, Dict[str, Any]] = {}
-        for run in self.bench.grid_runs:
-            default = " (default)" if (run.condition, run.density) == DEFAULT_VARIANT else ""
-            name = f"Screener: condition {run.condition}, density {run.density}{default}"
-            out[name] = self.summary(run.key)
-        if self.bench.untrained_run is not None:
-            out["untrained control: random descriptor + condition, masking + flow"] = \
-                self.summary(self.bench.untrained_run.key)
-        for kind in FLOORS:
-            out[f"{kind} floor"] = self.summary(f"floors/{kind}")
-        return {name: s for name, s in out.items() if s is not None}
-
-    def table_methods(self) -> str:
-        from nnscreener.evaluation.report import format_results_table
-
-        methods = self.methods()
-        if not methods:
-            return "_no evaluated method yet_"
-        return format_results_table(methods)
-
-    def table_configs(self) -> str:
-        runs = self.bench.config_runs
-        if not runs:
-            return "_part `configs` not run_"
-        stages = ["plan", "descriptor", "condition", "density", "predict"]
-        lines = ["| config | description | " + " | ".join(f"{s} CPU min" for s in stages) +
-                 " | total CPU min (train + predict) | AUROC | AUROC@0.3 | AUPRO@0.3 |",
-                 "|---|---|" + "---:|" * (len(stages) + 4)]
-        for config, run in runs.items():
-            costs = self.run_costs(run)
-            plan = self.minutes(f"plan/{run.setup.plans}")[1] if run.setup.plans != BASE_PLANS else "shared"
-            summary = self.summary(run.key) or {}
-            metrics = summary.get("dataset", {})
-            lines.append(f"| {config} | {CONFIGS[config].description} | {plan} | " +
-                         " | ".join(costs[s][1] for s in stages[1:]) + f" | {self.total(costs)} | " +
-                         " | ".join(_fmt(metrics.get(m)) for m in ("auroc", "partial_auroc", "aupro")) + " |")
-        return "\n".join(lines)
-
-    def table_scaling(self) -> str:
-        runs = self.bench.scaling_runs
-        if not runs:
-            return "_part `scaling` not run_"
-        floor = (self.summary("floors/intensity") or {}).get("per_kind", {}).get(NODULE_KIND, {}).get("auroc")
-        lines = ["| budget | steps: descriptor / condition / density | train CPU min | predict CPU min | AUROC "
-                 f"| AUROC@0.3 | AUPRO@0.3 | {NODULE_KIND} AUROC | intensity floor, {NODULE_KIND} |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for scale in sorted(runs):
-            run = runs[scale]
-            costs = self.run_costs(run)
-            train = self.total({k: v for k, v in costs.items() if k != "predict"})
-            summary = self.summary(run.key) or {}
-            metrics = summary.get("dataset", {})
-            nodule = summary.get("per_kind", {}).get(NODULE_KIND, {}).get("auroc")
-            lines.append(f"| {scale:g}x | {' / '.join(map(str, run.setup.iterations))} | {train} | "
-                         f"{costs['predict'][1]} | " +
-                         " | ".join(_fmt(metrics.get(m)) for m in ("auroc", "partial_auroc", "aupro")) +
-                         f" | {_fmt(nodule)} | {_fmt(floor)} |")
-        return "\n".join(lines)
-
-    def table_tasks(self) -> str:
-        lines = ["| stage | wall min | CPU min | source |", "|---|---:|---:|---|"]
-        for task_id in self.bench.tasks:
-            record = self.bench.ledger.get(task_id)
-            if record is None:
-                continue
-            wall = None if record.get("wall_s") is None else record["wall_s"] / 60
-            cpu = None if record.get("cpu_s") is None else record["cpu_s"] / 60
-            lines.append(f"| {task_id} | {_fmt(wall, 2)} | {_fmt(cpu, 2)} | {record.get('source', '')} |")
-        return "\n".join(lines)
-
-    def dataset_description(self) -> str:
-        raw = self.bench.raw_dir
-        n_train = len(list((raw / "imagesTr").glob("*.nii.gz")))
-        n_test = len(list((raw / "imagesTs").glob("*.nii.gz")))
-        plans_json = self.bench.pre_root(BASE_PLANS) / raw.name / f"{BASE_PLANS}.json"
-        settings = ""
-        if plans_json.is_file():
-            block = json.loads(plans_json.read_text()).get("nnscreener", {})
-            net, pre = block.get("network", {}), block.get("preprocessing", {})
-            settings = (f"; plans `{BASE_PLANS}`: spacing {pre.get('spacing_xyz')} mm (x, y, z), patch "
-                        f"{net.get('patch_size_xyz')} voxels (x, y, z), UNet base width {net.get('base_num_features')}"
-                        f" (max {net.get('max_num_features')}), d = {net.get('embedding_dim')}, CLAHE "
-                        f"{pre.get('use_clahe')}")
-        source = ("the demo's" if self.bench.demo_dir is not None else
-                  f"generated here with the demo's generator, size cpu, seed {self.bench.args.seed}")
-        return (f"`{raw}` (built-in synthetic CT, {source}): {n_train} unlabeled training scans, {n_test} test scans "
-                f"with lesion masks{settings}")
-
-    def markdown(self, machine: Mapping[str, str]) -> str:
-        a = self.bench.args
-        command = "python benchmarks/quality.py " + shlex.join(self.bench.argv)
-        body = [
-            RESULTS_BEGIN,
-            "## Quality benchmark (synthetic CT, CPU)",
-            "",
-            f"- Date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-            f"- Machine: {machine['cpu']}; {machine['cores']} cores; torch {machine['torch']}, nnunetv2 "
-            f"{machine['nnunetv2']}, Python {machine['python']} ({machine['os']})",
-            f"- Command: `{command}`",
-            f"- Dataset: {self.dataset_description()}",
-            f"- Budget: 1x = {' / '.join(map(str, a.base_iterations))} optimizer steps of descriptor / condition / "
-            f"density (nnScreener_demo's default budget: {DEMO_ITERATIONS}); every stage a child process with "
-            f"OMP_NUM_THREADS={a.threads}, {a.jobs} at a time; CPU minutes = user + system time of the stage's process "
-            f"and its workers (data loading, prediction pools: --num_processes {a.num_processes})",
-            f"- Metrics: voxel AUROC, AUROC up to FPR 0.3 (/0.3), AUPRO up to FPR 0.3 (/0.3, 26-connected regions), "
-            f"pooled over the test set; negatives are sampled body voxels (nnScreener_evaluate defaults)",
-            f"- Raw figures: `{self.bench.work_dir}` (summaries/*.json, ledger.json, benchmark.json)",
-            "",
-            "### Table 1: Table 3 grid at 1x, untrained control, floors",
-            "",
-            self.table_methods(),
-            "",
-            f"### Table 2: configurations at {a.config_scale:g}x (AUROC against CPU minutes)",
-            "",
-            self.table_configs(),
-            "",
-            "### Table 3: scaling of the default model (masking + flow)",
-            "",
-            self.table_scaling(),
-            "",
-            "### Stage timings",
-            "",
-            self.table_tasks(),
-        ]
-        if self.footnotes:
-            body += ["", *self.footnotes.values()]
-        body.append(RESULTS_END)
-        return "\n".join(body) + "\n"
+    def attempt(action, what: str) -> Optional[Dict[str, object]]:
+        try:
+            return action()
+        except common.ChildFailed as e:
+            print(f"[failed] {what}: {e}", file=sys.stderr, flush=True)
+            return None
 
 
-def write_results(path: Path, block: str) -> None:
-    """Puts the generated block into ``path``: replaces an earlier block, else appends it; the hand-written
-    interpretation section is added once (with its placeholder) and never overwritten."""
-    text = path.read_text() if path.is_file() else "# nnScreener benchmark results\n\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_BEGIN, 1)
-        text = head + block.rstrip("\n") + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    if INTERPRETATION_TITLE not in text:
-        text = (text.rstrip("\n") + f"\n\n{INTERPRETATION_TITLE}\n\n"
-                "<!-- interpretation: written by hand after the run -->\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+def evaluate_supports_protocol() -> bool:
+    """Whether the installed ``nnScreener_evaluate`` takes ``--protocol``."""
+    from nnscreener.cli.evaluate import build_parser
+
+    return any("--protocol" in action.option_strings for action in build_parser()._actions)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def _comma_list(allowed: Sequence[str]) -> Callable[[str], List[str]]:
+def _comma_list(allowed: Sequence[str]):
     def parse(value: str) -> List[str]:
         items = [v.strip() for v in value.split(",") if v.strip()]
-        unknown = [v for v in items if v not in allowed]
-        if unknown or not items:
+        if not items or any(v not in allowed for v in items):
             raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(allowed)}")
         return items
 
@@ -880,75 +359,58 @@ def _comma_list(allowed: Sequence[str]) -> Callable[[str], List[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python benchmarks/quality.py",
-        description="Quality benchmark on the demo's synthetic CT dataset: Table 3 grid, untrained control, floors, "
-                    "configurations (AUROC against CPU minutes) and a scaling curve; writes RESULTS.md.")
-    p.add_argument("--work_dir", type=Path, required=True, help="folder for everything the benchmark writes")
-    p.add_argument("--reuse_demo", type=Path, default=None,
-                   help="nnScreener_demo --work_dir to read the dataset, the cpu plans and the 1x default models from "
-                        "(read-only)")
-    p.add_argument("--parts", type=_comma_list(PARTS), default=list(PARTS),
-                   help=f"comma-separated parts (default all: {','.join(PARTS)})")
+    p = argparse.ArgumentParser(prog="python benchmarks/quality.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work_dir", type=Path, required=True, help="folder for everything the campaign writes")
+    p.add_argument("--reuse_demo", type=Path, help="nnScreener_demo --work_dir to read the dataset and cpu plans from")
+    p.add_argument("--parts", type=_comma_list(PARTS), default=list(PARTS), help=f"default {','.join(PARTS)}")
     p.add_argument("--configs", type=_comma_list(tuple(CONFIGS)), default=list(CONFIGS),
-                   help=f"configurations of part configs (default all: {','.join(CONFIGS)})")
-    p.add_argument("--scales", type=float, nargs="+", default=[1, 4],
-                   help="budgets of part scaling, in multiples of --base_iterations (default 1 4; add 16 for the "
-                        "long run)")
+                   help=f"configurations of part configs (default {','.join(CONFIGS)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
+    p.add_argument("--protocols", nargs="+", default=["all"],
+                   help="nnScreener_evaluate --protocol values to evaluate under (default all)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1, 4], help="budgets of part scaling (default 1 4)")
     p.add_argument("--config_scale", type=float, default=1, help="budget of part configs (default 1)")
     p.add_argument("--base_iterations", type=int, nargs="+", metavar="N",
                    default=[DEMO_ITERATIONS[stage] for stage in paths.STAGES],
-                   help="optimizer steps at 1x: one number for every stage, or three for descriptor, condition and "
-                        f"density (default: the demo's default budget, {DEMO_ITERATIONS})")
+                   help=f"steps at 1x: one for all stages or three (default the demo's, {DEMO_ITERATIONS})")
+    p.add_argument("--train_set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="extra --set overrides of every training stage, e.g. smaller batches for a smoke run (not "
+                        "part of the setup folder names: use a fresh --work_dir when changing them)")
+    p.add_argument("--step_size", type=float, help="sliding-window step of the predictions (default the preset's)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every child (default 1)")
-    p.add_argument("--jobs", type=int, default=2, help="children running at once (default 2)")
-    p.add_argument("--num_processes", type=int, default=1,
-                   help="worker processes of generation, planning and prediction (-npp/-nps) (default 1)")
-    p.add_argument("--n_proc_da", type=int, default=None,
-                   help="nnUNet_n_proc_DA (training data-loader workers) of the children (default: nnU-Net's)")
-    p.add_argument("--untrained_seed", type=int, default=0, help="torch seed of the untrained control's networks")
+    p.add_argument("--num_processes", type=int, default=1, help="workers of generation, planning, prediction")
+    p.add_argument("--n_proc_da", type=int, help="nnUNet_n_proc_DA of the children (default nnU-Net's)")
     p.add_argument("-d", "--dataset_id", type=int, default=500, help="dataset id (default 500, the demo's)")
-    p.add_argument("--n_train", type=int, default=40, help="synthetic training scans when generated (default 40)")
-    p.add_argument("--n_test", type=int, default=12, help="synthetic test scans when generated (default 12)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset when generated (default 0)")
-    p.add_argument("-o", "--output", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
-                   help="markdown file to write the tables into (default benchmarks/RESULTS.md)")
+    p.add_argument("--n_train", type=int, default=40, help="training scans when generated (default 40)")
+    p.add_argument("--n_test", type=int, default=12, help="test scans when generated (default 12)")
+    p.add_argument("--data_seed", type=int, default=0, help="seed of the generated dataset (default 0)")
+    p.add_argument("-o", "--output", type=Path, default=common.REPO / "benchmarks" / "RESULTS.md",
+                   help="markdown file for the tables (default benchmarks/RESULTS.md)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == UNTRAINED_COMMAND:
-        return untrained_main(argv[1:])
     args = build_parser().parse_args(argv)
-    for name in ("threads", "jobs", "num_processes"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1")
-    if args.config_scale <= 0 or any(s <= 0 for s in args.scales) or any(n < 1 for n in args.base_iterations):
-        raise SystemExit("--scales and --config_scale must be > 0 and --base_iterations >= 1")
-    if len(args.base_iterations) not in (1, len(paths.STAGES)):
-        raise SystemExit(f"--base_iterations takes 1 or {len(paths.STAGES)} numbers ({', '.join(paths.STAGES)})")
-    args.base_iterations = tuple(args.base_iterations * (len(paths.STAGES) if len(args.base_iterations) == 1 else 1))
-    bench = QualityBenchmark(args, argv)
-    bench.prepare_dataset()
-    bench.build()
+    if len(args.base_iterations) not in (1, len(paths.STAGES)) or min(args.base_iterations) < 1:
+        raise SystemExit("--base_iterations takes 1 or 3 numbers >= 1 (descriptor, condition, density)")
+    if min([args.threads, args.num_processes]) < 1 or args.config_scale <= 0 or min(args.scales) <= 0:
+        raise SystemExit("--threads, --num_processes must be >= 1; --scales, --config_scale > 0")
+    args.base_iterations = tuple(args.base_iterations * (3 if len(args.base_iterations) == 1 else 1))
     start = time.perf_counter()
-    status = bench.run()
-    report = Report(bench)
-    block = report.markdown(machine_description())
-    write_results(args.output, block)
-    (bench.work_dir / "benchmark.json").write_text(json.dumps({
-        "command": bench.argv, "status": status, "tasks": {t: bench.ledger.get(t) for t in bench.tasks},
-        "methods": {name: {"dataset": s["dataset"], "per_kind": s.get("per_kind", {})}
-                    for name, s in report.methods().items()},
-        "configs": {c: str(bench.summary_file(r.key)) for c, r in bench.config_runs.items()},
-        "scaling": {str(s): str(bench.summary_file(r.key)) for s, r in bench.scaling_runs.items()},
-    }, indent=1))
-    print("\n" + block)
-    failed = sorted(t for t, s in status.items() if s != "done")
+    campaign = Campaign(args)
+    manifest = {
+        "command": argv, "dataset": str(campaign.raw_dir),
+        "plans_json": str(campaign.base_pre_root / campaign.raw_dir.name / f"{BASE_PLANS}.json"),
+        "base_iterations": list(args.base_iterations), "demo_iterations": DEMO_ITERATIONS, "threads": args.threads,
+        "num_processes": args.num_processes, "seeds": args.seeds, "protocols": args.protocols,
+        "config_scale": args.config_scale, "step_size": args.step_size, "data_seed": args.data_seed,
+        "reused_demo": str(args.reuse_demo) if args.reuse_demo else None}
+    campaign.run(lambda figures: common.write_json(campaign.work_dir / "campaign.json", {**manifest, **figures}))
+    quality_report.main(["--work_dir", str(campaign.work_dir), "-o", str(args.output)])
     print(f"wall-clock of this invocation: {(time.perf_counter() - start) / 60:.1f} min; tables in {args.output}")
-    if failed:
-        print(f"{len(failed)} task(s) failed or blocked: {', '.join(failed)}", file=sys.stderr)
+    if campaign.failed:
+        print(f"{len(campaign.failed)} step(s) failed: {', '.join(sorted(campaign.failed))}", file=sys.stderr)
         return 1
     return 0
 

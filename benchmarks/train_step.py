@@ -6,7 +6,7 @@ AdamW), next to ``nnUNetTrainer.train_step`` on the same network, patch and numb
 deep-supervised Dice+CE, SGD; torch.compile off for both). It also compares how many cases per second the SSL
 loader produces (pair sampling, resizing, colour augmentation) with how many the step consumes.
 
-Usage (from the repository root; without ``-d`` a small fake preprocessed dataset is written to a temp folder):
+Usage (from the repository root; without ``-d`` a tiny synthetic dataset is generated and planned in a temp folder):
 
     python benchmarks/train_step.py [-d 500 -p nnScreenerPlans_cpu] [--devices cpu cuda] [--steps 5]
         [--workers 0 2] [--threads 2] [--set ssl.batch_size=2 ...]
@@ -28,25 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common  # noqa: E402
 
 
 def open_plans(args: argparse.Namespace, tmp: Path):
-    """The dataset's plans, or a fake dataset's (``tests/helpers/fake_dataset.py``) in ``tmp``."""
+    """The dataset's plans, or those of a tiny synthetic dataset (the package's generator and planner) in ``tmp``."""
     from nnscreener.config import parse_set_overrides
     from nnscreener.plans import load_plans
 
     if args.dataset is None:
-        sys.path.insert(0, str(REPO / "tests"))
-        from helpers.fake_dataset import make_fake_preprocessed_dataset
-
-        env = {}
-        for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-            (tmp / var).mkdir()
-            os.environ[var] = str(tmp / var)
-            env[var] = tmp / var
-        plans = make_fake_preprocessed_dataset(env, dataset_id=991, n_cases=4, shape_zyx=(48, 80, 80),
-                                               preset=args.preset)
+        plans = common.tiny_dataset(tmp, dataset_id=991, preset=args.preset, n_train=4)
     else:
         plans = load_plans(args.dataset, args.plans)
     return plans.with_overrides(parse_set_overrides(args.overrides))
@@ -128,9 +120,10 @@ def loader_cases_per_second(plans, ids: List[str], workers: int, n_batches: int)
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", dest="dataset", help="preprocessed dataset id (default: a temporary fake dataset)")
+    p.add_argument("-d", dest="dataset",
+                   help="preprocessed dataset id (default: a tiny synthetic dataset in a temp folder)")
     p.add_argument("-p", dest="plans", default="nnScreenerPlans_cpu")
-    p.add_argument("--preset", default="cpu", help="preset of the fake dataset (default cpu)")
+    p.add_argument("--preset", default="cpu", help="preset of the tiny dataset (default cpu)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)

@@ -1,29 +1,68 @@
-"""The quality benchmark's own machinery (benchmarks/quality.py): the untrained control's checkpoints, the task
-graph, the CPU-time measurement of child processes and the RESULTS.md update. The pipeline it drives is tested
-with the package; a full benchmark run is far too long for a unit test."""
+"""The quality scripts' own logic (benchmarks/quality.py, quality_report.py, common.py, ssl_quality.py): a tiny
+end-to-end campaign (2 training steps, 2 seeds, a few small synthetic scans, every child a real CLI), the
+untrained control's checkpoints, the CPU time of children, the RESULTS.md block writer and the masking probe's
+arithmetic. The full benchmark is far too long for a unit test."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
 
 
-def _load_quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO / "benchmarks" / "quality.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-quality = _load_quality()
+common = _load("common")
+quality = _load("quality")
+report = _load("quality_report")
+probe = _load("ssl_quality")
+untrained = _load("untrained_models")
+
+
+def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
+    work, results = tmp_path / "w", tmp_path / "RESULTS.md"
+    argv = [sys.executable, str(BENCH / "quality.py"), "--work_dir", str(work), "-d", "978", "--n_train", "2",
+            "--n_test", "1", "--base_iterations", "2", "--parts", "scaling", "--scales", "1", "--seeds", "0", "1",
+            "--protocols", "all", "--step_size", "1", "--train_set", "ssl.batch_size=2", "density.batch_size=2",
+            "-o", str(results)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    first = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    ledger = json.loads((work / "ledger.json").read_text())
+    for seed in (0, 1):
+        for stage in ("descriptor", "condition", "density/masking_flow"):
+            record = ledger[f"train/default_it2/seed{seed}/{stage}"]
+            assert record["cpu_s"] > 0 and record["wall_s"] > 0 and record["iterations"] == 2
+        assert f"evaluate/all/default_it2/seed{seed}/masking_flow" in ledger
+        density = work / "results/default_it2" / f"seed{seed}"
+        config = json.loads(next(density.glob("*/density__masking_flow__*/config.json")).read_text())
+        assert config["seed"] == seed
+    campaign = json.loads((work / "campaign.json").read_text())
+    (row,) = campaign["rows"]
+    assert set(row["seeds"]) == {"0", "1"} and all(Path(e["summaries"]["all"]).is_file()
+                                                   for e in row["seeds"].values())
+    text = results.read_text()
+    assert "Evaluation protocol `all`" in text and " ± " in text and common.INTERPRETATION_TITLE in text
+    assert "| 1x | 2 / 2 / 2 | 2 |" in text  # two seeds in the scaling row
+
+    second = subprocess.run(argv, env=env, capture_output=True, text=True)  # everything finished: nothing runs
+    assert second.returncode == 0 and "[run]" not in second.stdout
+    assert json.loads((work / "ledger.json").read_text()) == ledger
 
 
 def test_untrained_models_load_as_trained_stages_with_the_trainers_initialisation(nnunet_env):
@@ -31,78 +70,79 @@ def test_untrained_models_load_as_trained_stages_with_the_trainers_initialisatio
     from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 
     plans = make_fake_preprocessed_dataset(nnunet_env, dataset_id=993, n_cases=1, shape_zyx=(16, 24, 24))
-    folders = quality.write_untrained_models("993", plans.plans_name, seed=7)
+    folders = untrained.write_untrained_models("993", plans.plans_name, seed=7)
 
     assert [f.name for f in folders] == [f"{stage}__vicreg_d32__{plans.plans_name}"
                                          for stage in ("descriptor", "condition")]
     torch.manual_seed(7)
     expected = {"descriptor": build_dense_net(plans, 1), "condition": build_dense_net(plans, 2)}
     for folder in folders:
-        stage = folder.name.split("__")[0]
         network, config = load_dense_net(folder)
-        assert network.in_channels == {"descriptor": 1, "condition": 2}[stage]
-        assert config == plans.config
-        reference = expected[stage].state_dict()
-        loaded = network.state_dict()
-        assert loaded.keys() == reference.keys()
-        assert all(torch.equal(loaded[k], reference[k]) for k in reference)
-
-
-def test_run_graph_blocks_what_depends_on_a_failure_and_respects_jobs():
-    running, peak, lock = [0], [0], threading.Lock()
-    ran = []
-
-    def work(name, fail=False):
-        def action():
-            with lock:
-                running[0] += 1
-                peak[0] = max(peak[0], running[0])
-            time.sleep(0.05)
-            with lock:
-                running[0] -= 1
-                ran.append(name)
-            if fail:
-                raise quality.ChildFailed(f"{name} failed")
-        return action
-
-    tasks = {t.id: t for t in [
-        quality.Task("a", work("a")), quality.Task("b", work("b", fail=True)), quality.Task("c", work("c")),
-        quality.Task("d", work("d"), ("b",)), quality.Task("e", work("e"), ("d",)),
-        quality.Task("f", work("f"), ("a", "c")),
-    ]}
-    status = quality.run_graph(tasks, jobs=2)
-
-    assert status == {"a": "done", "b": "failed", "c": "done", "d": "blocked", "e": "blocked", "f": "done"}
-    assert sorted(ran) == ["a", "b", "c", "f"]
-    assert ran.index("f") > max(ran.index("a"), ran.index("c"))
-    assert peak[0] == 2
+        reference = expected[folder.name.split("__")[0]].state_dict()
+        assert config.seed == 7 and network.state_dict().keys() == reference.keys()
+        assert all(torch.equal(network.state_dict()[k], reference[k]) for k in reference)
 
 
 def test_run_child_counts_the_cpu_time_of_waited_for_grandchildren(tmp_path):
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
-    timing = quality.run_child([sys.executable, "-c", parent], {"PATH": "/usr/bin:/bin"}, tmp_path / "log.txt")
+    timing = common.run_child([sys.executable, "-c", parent], {"PATH": "/usr/bin:/bin"}, tmp_path / "log.txt")
 
-    assert timing["cpu_s"] >= 0.6
-    assert timing["wall_s"] >= 0.6
-    with pytest.raises(quality.ChildFailed, match="exit code 3.*log.txt"):
-        quality.run_child([sys.executable, "-c", "import sys; sys.exit(3)"], {}, tmp_path / "log.txt")
+    assert timing["cpu_s"] >= 0.6 and timing["wall_s"] >= 0.6
+    with pytest.raises(common.ChildFailed, match="exit code 3.*log.txt"):
+        common.run_child([sys.executable, "-c", "import sys; sys.exit(3)"], {}, tmp_path / "log.txt")
     assert "sys.exit(3)" in (tmp_path / "log.txt").read_text()
 
 
 def test_write_results_replaces_its_block_and_keeps_what_was_written_by_hand(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\n## Speed benchmark\n\nratio 2.1\n")
-    block = lambda n: f"{quality.RESULTS_BEGIN}\nquality table {n}\n{quality.RESULTS_END}\n"  # noqa: E731
+    block = lambda n: f"{common.RESULTS_BEGIN}\nquality table {n}\n{common.RESULTS_END}\n"  # noqa: E731
 
-    quality.write_results(path, block(1))
+    common.write_results(path, block(1))
     first = path.read_text()
     assert first.startswith("# Results\n\n## Speed benchmark\n\nratio 2.1\n")
-    assert "quality table 1" in first and "<!-- interpretation: written by hand after the run -->" in first
+    assert "quality table 1" in first and common.INTERPRETATION_PLACEHOLDER in first
 
-    path.write_text(first.replace("<!-- interpretation: written by hand after the run -->", "Nodules win."))
-    quality.write_results(path, block(2))
+    path.write_text(first.replace(common.INTERPRETATION_PLACEHOLDER, "Nodules win."))
+    common.write_results(path, block(2))
     second = path.read_text()
     assert "quality table 2" in second and "quality table 1" not in second
     assert "ratio 2.1" in second and "Nodules win." in second
-    assert second.count(quality.RESULTS_BEGIN) == 1 and second.count(quality.INTERPRETATION_TITLE) == 1
+    assert second.count(common.RESULTS_BEGIN) == 1 and second.count(common.INTERPRETATION_TITLE) == 1
+
+
+def test_cells_show_the_mean_and_half_the_range_over_seeds():
+    assert report.mean_spread([0.5, 0.7]) == pytest.approx((0.6, 0.1))
+    assert report.cell([0.5, 0.7]) == "0.600 ± 0.100"
+    assert report.cell([0.5]) == "0.500" and report.cell([]) == "-"
+
+
+def test_probe_measures_change_at_masked_and_visible_voxels_in_random_pair_units():
+    full = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [3.0, 4.0]])
+    masked = full.clone()
+    masked[0] = torch.tensor([0.0, 2.5])  # a hidden voxel moves by 2.5
+    hidden = torch.tensor([True, True, False, False])
+    assert probe.relative_change(full, masked, hidden, scale=5.0) == pytest.approx({"masked": 0.25, "visible": 0.0})
+    assert probe.random_pair_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), 2000,
+                                      torch.Generator().manual_seed(0)) == pytest.approx(2.5, abs=0.3)
+
+
+def test_probe_uses_the_training_mask_sampler_on_each_input_kind():
+    from nnscreener.config import MaskingConfig
+
+    class Echo(torch.nn.Module):  # features = the first input channel: the descriptor sees image * mask
+        def __init__(self, in_channels):
+            super().__init__()
+            self.in_channels = in_channels
+
+        def forward(self, x):
+            return x[:, :1]
+
+    view = torch.ones(1, 1, 8, 8, 8)
+    view[..., ::2] = 3.0  # random voxel pairs differ by 2 half the time: mean distance 1
+    out = probe.masking_probe({"descriptor": Echo(1), "condition": Echo(2)}, [view],
+                              MaskingConfig(probability=0.5, ratio=0.5, block_fraction=0.5), draws=3, seed=1,
+                              n_random_pairs=20000)
+    for name in ("descriptor", "condition"):  # a hidden voxel drops to 0: change |view| / 1 = 2 on average
+        assert out[name]["masked"] == pytest.approx(2.0, rel=0.1) and out[name]["visible"] == 0.0

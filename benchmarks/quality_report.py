@@ -1,0 +1,251 @@
+"""Tables of a quality campaign (``quality.py``) from its work dir alone: ``campaign.json`` (rows and where their
+figures are), ``ledger.json`` (CPU and wall time of every step) and the evaluation summaries. Writes the generated
+block of ``RESULTS.md`` (between its begin / end markers; the hand-written interpretation section is kept) and
+``W/tables.json`` (the aggregated figures).
+
+Every trained row is run once per seed: a cell shows the mean over the seeds with a summary and ``± half the
+range`` (max - min) / 2 when there are several; ``n`` says how many seeds it has. CPU minutes are user + system
+time of the children and their workers, averaged over the seeds.
+
+    python benchmarks/quality_report.py --work_dir bench_quality [-o benchmarks/RESULTS.md]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common  # noqa: E402
+
+METRICS = ("auroc", "partial_auroc", "aupro")
+NODULE_KIND = "solid_lung_nodule"
+PROTOCOL_TEXT = {"all": "positives all lesion voxels, negatives a fixed number of sampled non-lesion body voxels per "
+                        "scan (nnScreener_evaluate's default)",
+                 "balanced": "per scan up to 1000 lesion and 1000 non-lesion body voxels (the authors' protocol)"}
+
+
+def mean_spread(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and half range ``(max - min) / 2`` of the values; ``(None, None)`` when there are none."""
+    if not values:
+        return None, None
+    return sum(values) / len(values), (max(values) - min(values)) / 2
+
+
+def cell(values: Sequence[float], digits: int = 3) -> str:
+    """``mean ± half range`` (just the value for one seed), ``-`` for none."""
+    mean, spread = mean_spread(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+class Figures:
+    """Reads the summaries and timings of the campaign's rows."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.campaign = json.loads((work_dir / "campaign.json").read_text())
+        self.ledger = common.Ledger(work_dir / "ledger.json")
+
+    def rows(self, part: str) -> List[Dict[str, Any]]:
+        return [r for r in self.campaign["rows"] if r["part"] == part]
+
+    def summaries(self, row: Mapping[str, Any], protocol: str) -> List[Dict[str, Any]]:
+        """The row's evaluation summaries under ``protocol``, one per seed that has one."""
+        out = []
+        for entry in row["seeds"].values():
+            path = Path((entry or {}).get("summaries", {}).get(protocol, "/nonexistent"))
+            if path.is_file():
+                out.append(json.loads(path.read_text()))
+        return out
+
+    @staticmethod
+    def metric(summaries: Sequence[Mapping[str, Any]], name: str, kind: Optional[str] = None) -> List[float]:
+        block = (lambda s: s.get("dataset", {})) if kind is None else (lambda s: s.get("per_kind", {}).get(kind, {}))
+        return [block(s)[name] for s in summaries if block(s).get(name) is not None]
+
+    def cpu_minutes(self, row: Mapping[str, Any], stages: Sequence[str]) -> List[float]:
+        """Per seed, the CPU minutes of the row's ``stages`` (e.g. descriptor, condition, density); seeds with a
+        stage not measured in this work dir (e.g. finished before the ledger existed) are left out."""
+        out = []
+        for entry in row["seeds"].values():
+            records = [self.ledger.get((entry or {}).get("cost", {}).get(s, "")) for s in stages
+                       if s in (entry or {}).get("cost", {})]
+            if records and all(r is not None and r.get("cpu_s") is not None for r in records):
+                out.append(sum(r["cpu_s"] for r in records) / 60)
+        return out
+
+    def train_and_predict(self, row: Mapping[str, Any]) -> Tuple[List[float], List[float]]:
+        """CPU minutes per seed of training (descriptor, condition, density) and of computing the maps (a floor's
+        maps count as prediction)."""
+        return (self.cpu_minutes(row, ["descriptor", "condition", "untrained", "density"]),
+                self.cpu_minutes(row, ["predict", "floor"]))
+
+    def kinds(self, protocol: str) -> List[str]:
+        found: Dict[str, None] = {}
+        for row in self.campaign["rows"]:
+            for s in self.summaries(row, protocol):
+                found.update(dict.fromkeys(s.get("per_kind", {})))
+        return list(found)
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def metric_cells(fig: Figures, row: Mapping[str, Any], protocol: str) -> List[str]:
+    summaries = fig.summaries(row, protocol)
+    return [str(len(summaries))] + [cell(fig.metric(summaries, m)) for m in METRICS]
+
+
+def table_methods(fig: Figures, protocol: str) -> str:
+    rows = fig.rows("grid") + fig.rows("untrained") + fig.rows("floors")
+    if not rows:
+        return "_parts grid / untrained / floors not run_"
+    lines = ["| method | n | AUROC | AUROC@0.3 | AUPRO@0.3 | train CPU min | predict CPU min |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        train, predict = fig.train_and_predict(row)
+        default = " (default)" if row.get("variant") == "masking_flow" and row["part"] == "grid" else ""
+        name = f"Screener: {row['label']}{default}" if row["part"] == "grid" else row["label"]
+        lines.append(f"| {name} | " + " | ".join(metric_cells(fig, row, protocol)) +
+                     f" | {cell(train, 1)} | {cell(predict, 1)} |")
+    kinds = fig.kinds(protocol)
+    if kinds:
+        lines += ["", "Voxel AUROC per lesion kind:", "", "| method | " + " | ".join(kinds) + " |",
+                  "|---|" + "---:|" * len(kinds)]
+        for row in rows:
+            summaries = fig.summaries(row, protocol)
+            lines.append(f"| {row['label']} | " + " | ".join(cell(fig.metric(summaries, "auroc", k)) for k in kinds)
+                         + " |")
+    return "\n".join(lines)
+
+
+def table_configs(fig: Figures, protocol: str) -> str:
+    rows = fig.rows("configs")
+    if not rows:
+        return "_part `configs` not run_"
+    lines = ["| config | description | plan CPU min | n | AUROC | AUROC@0.3 | AUPRO@0.3 | train CPU min | "
+             "predict CPU min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        train, predict = fig.train_and_predict(row)
+        plan = fig.ledger.get(f"plan/{row['plans']}")
+        plan_text = "shared" if not row["plans"].endswith(f"_{row['config']}") else \
+            common.fmt(None if plan is None else plan["cpu_s"] / 60, 1)
+        lines.append(f"| {row['label']} | {row['description']} | {plan_text} | " +
+                     " | ".join(metric_cells(fig, row, protocol)) + f" | {cell(train, 1)} | {cell(predict, 1)} |")
+    return "\n".join(lines)
+
+
+def table_scaling(fig: Figures, protocol: str) -> str:
+    rows = fig.rows("scaling")
+    if not rows:
+        return "_part `scaling` not run_"
+    floors = [r for r in fig.rows("floors") if r["label"].startswith("intensity")]
+    floor = fig.metric(fig.summaries(floors[0], protocol), "auroc", NODULE_KIND) if floors else []
+    lines = [f"| budget | steps: descriptor / condition / density | n | AUROC | AUROC@0.3 | AUPRO@0.3 | "
+             f"{NODULE_KIND} AUROC | intensity floor, {NODULE_KIND} | train CPU min | predict CPU min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        train, predict = fig.train_and_predict(row)
+        nodule = fig.metric(fig.summaries(row, protocol), "auroc", NODULE_KIND)
+        lines.append(f"| {row['label']} | {' / '.join(map(str, row['iterations']))} | " +
+                     " | ".join(metric_cells(fig, row, protocol)) +
+                     f" | {cell(nodule)} | {cell(floor)} | {cell(train, 1)} | {cell(predict, 1)} |")
+    return "\n".join(lines)
+
+
+def table_steps(fig: Figures) -> str:
+    lines = ["| step | wall min | CPU min | note |", "|---|---:|---:|---|"]
+    for step, record in sorted(fig.ledger.records.items()):
+        note = "resumed: time before the interruption not counted" if record.get("resumed") else ""
+        lines.append(f"| {step} | {record['wall_s'] / 60:.2f} | {record['cpu_s'] / 60:.2f} | {note} |")
+    return "\n".join(lines)
+
+
+def dataset_description(fig: Figures) -> str:
+    c = fig.campaign
+    raw = Path(c["dataset"])
+    n_train, n_test = (len(list((raw / sub).glob("*.nii.gz"))) for sub in ("imagesTr", "imagesTs"))
+    settings = ""
+    plans_json = Path(c["plans_json"])
+    if plans_json.is_file():
+        block = json.loads(plans_json.read_text()).get("nnscreener", {})
+        net, pre = block.get("network", {}), block.get("preprocessing", {})
+        settings = (f"; plans `{plans_json.stem}`: spacing {pre.get('spacing_xyz')} mm (x, y, z), patch "
+                    f"{net.get('patch_size_xyz')} voxels (x, y, z), UNet base width {net.get('base_num_features')} "
+                    f"(max {net.get('max_num_features')}), d = {net.get('embedding_dim')}, "
+                    f"CLAHE {pre.get('use_clahe')}")
+    source = "the demo's" if c.get("reused_demo") else f"generated with the demo's generator, size cpu, seed " \
+                                                        f"{c.get('data_seed')}"
+    return f"`{raw}` (built-in synthetic CT, {source}): {n_train} unlabeled training scans, {n_test} test scans " \
+           f"with lesion masks{settings}"
+
+
+def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
+    c = fig.campaign
+    body = [
+        common.RESULTS_BEGIN,
+        "## Quality benchmark (synthetic CT, CPU)",
+        "",
+        f"- Date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+        f"- Machine: {machine['cpu']}; {machine['cores']} cores; torch {machine['torch']}, nnunetv2 "
+        f"{machine['nnunetv2']}, Python {machine['python']} ({machine['os']})",
+        f"- Command: `python benchmarks/quality.py {shlex.join(c['command'])}`",
+        f"- Dataset: {dataset_description(fig)}",
+        f"- Budget: 1x = {' / '.join(map(str, c['base_iterations']))} optimizer steps of descriptor / condition / "
+        f"density (nnScreener_demo's default budget: {c['demo_iterations']}); one child process at a time with "
+        f"OMP_NUM_THREADS={c['threads']}; CPU minutes = user + system time of the step's process and its workers "
+        f"(--num_processes {c['num_processes']})",
+        f"- Seeds: {' '.join(map(str, c['seeds']))} (`--set seed=N`: SSL and density training); cells are the mean "
+        f"over the n seeds with a summary ± half the range (max - min) / 2",
+        f"- Metrics: voxel AUROC, AUROC up to FPR 0.3 (/0.3), AUPRO up to FPR 0.3 (/0.3, 26-connected regions), "
+        f"pooled over the test set",
+        f"- Raw figures: `{fig.work_dir}` (campaign.json, ledger.json, summaries/<protocol>/*.json, tables.json)",
+    ]
+    for protocol in c["protocols"]:
+        title = f"evaluation protocol `{protocol}`"
+        body += ["", f"### Evaluation protocol `{protocol}`: {PROTOCOL_TEXT.get(protocol, protocol)}", "",
+                 f"#### Table 1: Table 3 grid at 1x, untrained control, floors ({title})", "",
+                 table_methods(fig, protocol), "",
+                 f"#### Table 2: configurations at {c['config_scale']:g}x, AUROC against CPU minutes ({title})", "",
+                 table_configs(fig, protocol), "",
+                 f"#### Table 3: scaling of the default model, masking + flow ({title})", "",
+                 table_scaling(fig, protocol)]
+    body += ["", "### Step timings", "", table_steps(fig), common.RESULTS_END]
+    return "\n".join(body) + "\n"
+
+
+def aggregated(fig: Figures) -> Dict[str, Any]:
+    """``{protocol: {part: {label: {metric: [mean, half range, n]}}}}`` plus CPU minutes, for tables.json."""
+    out: Dict[str, Any] = {}
+    for protocol in fig.campaign["protocols"]:
+        for row in fig.campaign["rows"]:
+            summaries = fig.summaries(row, protocol)
+            train, predict = fig.train_and_predict(row)
+            entry = {m: [*mean_spread(fig.metric(summaries, m)), len(summaries)] for m in METRICS}
+            entry["per_kind_auroc"] = {k: [*mean_spread(fig.metric(summaries, "auroc", k))]
+                                       for k in fig.kinds(protocol)}
+            entry.update(train_cpu_min=[*mean_spread(train)], predict_cpu_min=[*mean_spread(predict)])
+            out.setdefault(protocol, {}).setdefault(row["part"], {})[row["label"]] = entry
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/quality_report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work_dir", type=Path, required=True, help="the campaign's --work_dir")
+    p.add_argument("-o", "--output", type=Path, default=common.REPO / "benchmarks" / "RESULTS.md",
+                   help="markdown file for the tables (default benchmarks/RESULTS.md)")
+    args = p.parse_args(argv)
+    fig = Figures(args.work_dir.resolve())
+    block = markdown(fig, common.machine_description())
+    common.write_results(args.output, block)
+    common.write_json(fig.work_dir / "tables.json", aggregated(fig))
+    print("\n" + block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
