@@ -63,6 +63,7 @@ class ConfigSpec:
     plan_set: Tuple[str, ...] = ()
     train_args: Tuple[str, ...] = ()
     stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+    ssl_of: str = ""  # a density-only configuration: reuses that configuration's descriptor and condition models
 
 
 _WIDTH = get_preset(BASE_PRESET).network.base_num_features
@@ -76,6 +77,17 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
     "ssl_lr_3e-3": ConfigSpec("SSL learning rate 3e-3 (preset 1e-3) for descriptor and condition; density as preset",
                               train_args=("--set", "ssl.learning_rate=3e-3")),
+    "eps_1e-8": ConfigSpec("AdamW eps 1e-8 (preset 1e-3, the authors') for all stages",
+                           train_args=("--set", "ssl.adam_eps=1e-8", "--set", "density.adam_eps=1e-8")),
+    "pool_221": ConfigSpec("density on 2 x 2 x 1 pooled voxels (6 x 6 x 4.5 mm) instead of 3 x 3 x 2 (9 mm)",
+                           stage_args={"density": ("--set", "density.pool_stride_xyz=2,2,1")}, ssl_of="default"),
+    "pool_332": ConfigSpec("density on 3 x 3 x 2 pooled voxels (9 x 9 x 9 mm at the cpu spacing)",
+                           stage_args={"density": ("--set", "density.pool_stride_xyz=3,3,2")}, ssl_of="default"),
+    "intensity": ConfigSpec("smoothed intensities (sigma 0 and 6 mm) appended to the descriptor",
+                            stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6")}, ssl_of="default"),
+    "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
+                               stage_args={"density": ("--set", "density.condition_mask_passes=2")},
+                               ssl_of="default"),
 }
 
 
@@ -89,6 +101,7 @@ class Setup:
     iterations: Tuple[int, int, int]
     train_args: Tuple[str, ...] = ()
     untrained: bool = False
+    scale: float = 1.0
 
     def iterations_of(self, stage: str) -> int:
         return self.iterations[paths.STAGES.index(stage)]
@@ -190,7 +203,7 @@ class Campaign:
         plans = f"{BASE_PLANS}_{config}" if spec.plan_set else BASE_PLANS
         train_args = (*spec.train_args, *[a for item in self.args.train_set for a in ("--set", item)])
         return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
-                     untrained)
+                     untrained, scale)
 
     def rows(self) -> List[Row]:
         """The table rows of the requested parts (floors are not rows of trained models)."""
@@ -248,6 +261,8 @@ class Campaign:
     def ssl(self, setup: Setup, seed: int) -> List[str]:
         """Descriptor and condition of a setup and seed (random ones for the untrained control)."""
         variant = self.ssl_variant(setup)
+        if CONFIGS[setup.config].ssl_of:
+            return self.shared_ssl(setup, seed, variant)
         if not setup.untrained:
             return [self.train(setup, seed, stage, variant) for stage in SSL_STAGES]
         step_id = f"untrained/{setup.name}/seed{seed}"
@@ -256,6 +271,21 @@ class Campaign:
                     str(self.args.dataset_id), setup.plans, "--seed", str(seed)]
             self.step(step_id, argv, self.env(setup.plans, self.results_root(setup, seed)))
         return [step_id]
+
+    def shared_ssl(self, setup: Setup, seed: int, variant: str) -> List[str]:
+        """A density-only configuration: the descriptor and condition of its ``ssl_of`` configuration (trained if
+        needed, counted in its cost), linked into its own results root."""
+        base = self.setup(CONFIGS[setup.config].ssl_of, setup.scale)
+        if base.plans != setup.plans or self.ssl_variant(base) != variant:
+            raise SystemExit(f"configuration {setup.config} shares the SSL models of {base.config} but differs "
+                             f"in plans or SSL variant")
+        step_ids = self.ssl(base, seed)
+        for stage in SSL_STAGES:
+            link = self.stage_dir(setup, seed, stage, variant)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(self.stage_dir(base, seed, stage, variant), target_is_directory=True)
+        return step_ids
 
     def predict(self, row: Row, seed: int) -> str:
         """Predicts the test images unless done with the current density checkpoint. Returns the step id."""
