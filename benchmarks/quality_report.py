@@ -201,8 +201,8 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
         f"(--num_processes {c['num_processes']})",
         f"- Seeds: {' '.join(map(str, c['seeds']))} (`--set seed=N`: SSL and density training); cells are the mean "
         f"over the n seeds with a summary ± half the range (max - min) / 2",
-        f"- Metrics: voxel AUROC, AUROC up to FPR 0.3 (/0.3), AUPRO up to FPR 0.3 (/0.3, 26-connected regions), "
-        f"pooled over the test set",
+        "- Metrics: voxel AUROC, AUROC up to FPR 0.3 (/0.3), AUPRO up to FPR 0.3 (/0.3, 26-connected regions), "
+        "pooled over the test set",
         f"- Raw figures: `{fig.work_dir}` (campaign.json, ledger.json, summaries/<protocol>/*.json, tables.json)",
     ]
     for protocol in c["protocols"]:

@@ -26,7 +26,6 @@ steps, cpu) in a temporary folder, on the given dataset or a tiny synthetic one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -12,7 +11,13 @@ from dataset_conversion.case_ids import require_unique_case_ids
 from dataset_conversion.parallel import convert_cases, default_num_processes
 from dataset_conversion.raw_dataset import DatasetSpec, prepare_output_dataset, write_dataset_files
 from dataset_conversion.report import ConversionReport
+from nnscreener.cli.common import report_error
 from nnscreener.errors import ScreenerError
+
+
+def converter_prog(spec: DatasetSpec) -> str:
+    """The console command of a converter, e.g. ``nnScreener_convert_kits`` (setup.py's entry points)."""
+    return f"nnScreener_{spec.module}"
 
 
 def build_parser(spec: DatasetSpec, module_doc: str) -> argparse.ArgumentParser:
@@ -74,8 +79,7 @@ def run_converter(spec: DatasetSpec, args: argparse.Namespace,
         dataset = prepare_output_dataset(_output_root(args), args.dataset_id, args.name, spec.split, source,
                                          args.overwrite)
     except ScreenerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return report_error(converter_prog(spec), e)
     report = ConversionReport()
     for case_id, reason in early_skips.items():
         report.skip(case_id, reason)
@@ -85,7 +89,7 @@ def run_converter(spec: DatasetSpec, args: argparse.Namespace,
     print(report.summary())
     if not report.converted:
         shutil.rmtree(dataset.root, ignore_errors=True)
-        print(f"error: no case of {source} could be converted; nothing written", file=sys.stderr)
+        report_error(converter_prog(spec), ScreenerError(f"no case of {source} could be converted; nothing written"))
         return report.exit_code()
     write_dataset_files(dataset, spec, report, source, {**(options or {}), "dataset_id": args.dataset_id})
     print(f"wrote {dataset.root}")

@@ -12,7 +12,6 @@ intensity differences of interest: with scale 100, noise 0.1 is 0.001 of the [0,
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

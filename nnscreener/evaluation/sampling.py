@@ -24,10 +24,11 @@ import SimpleITK as sitk
 
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation.metrics import label_regions
+from nnscreener.io.images import IMAGE_ENDINGS
 from nnscreener.planning.body_mask import body_mask_from_hu
 
-VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
-"""File endings recognized in label, map and image folders."""
+VOLUME_ENDINGS = IMAGE_ENDINGS
+"""File endings recognized in label, map and image folders (the package's readable image endings)."""
 
 DEFAULT_N_NEGATIVES = 10_000
 """Normal voxels drawn per scan (K). FPR resolution per scan is 1/K; pooled over n scans, 1/(n K)."""

@@ -8,7 +8,7 @@ grow level by level and keep a branch only where its end lies in the organ, whic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Callable, FrozenSet, List, Optional, Sequence
 
 import numpy as np
 

@@ -48,12 +48,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnscreener import checkpoints, paths, stages
-from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: F401 (re-exported)
+from nnscreener.checkpoints import LATEST_CHECKPOINT
 from nnscreener.config import ScreenerConfig
 from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans, config_from_plans
 from nnscreener.trainers.progress import plot_progress, progress_line
-from nnscreener.trainers.schedule import Schedule, build_optimizer, warmup_then_linear_decay  # noqa: F401
+from nnscreener.trainers.schedule import Schedule, build_optimizer
 from nnscreener.trainers.seeding import run_seed, seed_everything
 
 

@@ -1,7 +1,6 @@
 """Gaussian densities: NLL against scipy, training, recovery of a known conditional law, numerical safety."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from scipy.stats import multivariate_normal
 from nnscreener.config import cpu_config
 from nnscreener.density.gaussian import (ConditionalGaussian, MarginalGaussian, diagonal_gaussian_nll,
                                          floored_log_variance, raw_log_variance_for)
-from nnscreener.trainers.base import warmup_then_linear_decay
+from nnscreener.trainers.schedule import warmup_then_linear_decay
 
 
 def _mark_initialized(model: torch.nn.Module) -> torch.nn.Module:

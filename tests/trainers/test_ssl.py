@@ -12,7 +12,8 @@ from nnscreener.checkpoints import load_checkpoint
 from nnscreener.cli.train import resolved_plans_dict
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.errors import ScreenerError
-from nnscreener.trainers.base import NonFiniteLossError, warmup_then_linear_decay
+from nnscreener.trainers.base import NonFiniteLossError
+from nnscreener.trainers.schedule import warmup_then_linear_decay
 from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer, ssl_health
 
 TINY = ["network.patch_size_xyz=16,16,8", "ssl.batch_size=1", "ssl.n_pairs_per_image=32",

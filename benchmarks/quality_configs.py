@@ -1,0 +1,48 @@
+"""The configurations of the quality campaign (``benchmarks/quality.py --parts configs``): adding one is one entry
+of :data:`CONFIGS`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Tuple
+
+from nnscreener.config import get_preset
+
+BASE_PRESET = "cpu"
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """A configuration: planning overrides (non-empty: own plans ``nnScreenerPlans_cpu_<name>``, as spacing, CLAHE
+    and network widths are fixed at planning), extra ``nnScreener_train`` arguments (``--set SECTION.FIELD=VALUE``,
+    flags) for all three stages, and per stage (``{"density": ("--set", "density.learning_rate=3e-4")}``)."""
+
+    description: str
+    plan_set: Tuple[str, ...] = ()
+    train_args: Tuple[str, ...] = ()
+    stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+    ssl_of: str = ""  # a density-only configuration: reuses that configuration's descriptor and condition models
+
+
+_WIDTH = get_preset(BASE_PRESET).network.base_num_features
+CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
+    "default": ConfigSpec("cpu preset as planned: VICReg, masking condition + flow density"),
+    "infonce": ConfigSpec("InfoNCE objective instead of VICReg", train_args=("--objective", "infonce")),
+    "wide": ConfigSpec(f"wider UNet: network.base_num_features={2 * _WIDTH} (preset {_WIDTH})",
+                       plan_set=(f"network.base_num_features={2 * _WIDTH}",)),
+    "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false)", plan_set=("preprocessing.use_clahe=false",)),
+    "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
+                          train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
+    "ssl_lr_3e-3": ConfigSpec("SSL learning rate 3e-3 (preset 1e-3) for descriptor and condition; density as preset",
+                              train_args=("--set", "ssl.learning_rate=3e-3")),
+    "eps_1e-8": ConfigSpec("AdamW eps 1e-8 (preset 1e-3, the authors') for all stages",
+                           train_args=("--set", "ssl.adam_eps=1e-8", "--set", "density.adam_eps=1e-8")),
+    "pool_221": ConfigSpec("density on 2 x 2 x 1 pooled voxels (6 x 6 x 4.5 mm) instead of 3 x 3 x 2 (9 mm)",
+                           stage_args={"density": ("--set", "density.pool_stride_xyz=2,2,1")}, ssl_of="default"),
+    "pool_332": ConfigSpec("density on 3 x 3 x 2 pooled voxels (9 x 9 x 9 mm at the cpu spacing)",
+                           stage_args={"density": ("--set", "density.pool_stride_xyz=3,3,2")}, ssl_of="default"),
+    "intensity": ConfigSpec("smoothed intensities (sigma 0 and 6 mm) appended to the descriptor",
+                            stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6")}, ssl_of="default"),
+    "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
+                               stage_args={"density": ("--set", "density.condition_mask_passes=2")},
+                               ssl_of="default"),
+}
