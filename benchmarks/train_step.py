@@ -73,7 +73,7 @@ def ssl_batch(plans, n: int = 1):
 
 
 def descriptor_step(plans, device: torch.device, batch: Dict) -> Callable[[], object]:
-    from nnscreener.cli.train import resolved_plans_dict
+    from nnscreener.trainers.run import resolved_plans_dict
     from nnscreener.trainers.ssl import DescriptorTrainer
 
     trainer = DescriptorTrainer(resolved_plans_dict(plans, plans.config, False), "3d_fullres", "all",

@@ -9,10 +9,11 @@ import torch
 
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 from nnscreener.checkpoints import load_checkpoint
-from nnscreener.cli.train import main, prepare_stage_folder
+from nnscreener.cli.train import main
 from nnscreener.errors import ScreenerError
 from nnscreener.networks.dense_net import load_dense_net
 from nnscreener.trainers.base import ScreenerTrainerBase
+from nnscreener.trainers.run import prepare_stage_folder
 
 TINY = ["-p", "nnScreenerPlans_cpu", "-device", "cpu"] + [
     a for s in ("network.patch_size_xyz=32,32,16", "ssl.batch_size=1", "ssl.n_pairs_per_image=64",
@@ -139,20 +140,16 @@ def test_cuda_without_gpu_is_a_clear_error(dataset, capsys):
 
 
 def test_device_defaults_to_cuda_only_when_available(monkeypatch):
-    from nnscreener.cli.train import build_parser, train
+    from nnscreener.trainers.run import resolve_training_device
 
-    seen = {}
-
-    def stop_after_device_choice(dataset, plans_name):
-        seen["device"] = args.device
-        raise ScreenerError("stop here")
-
-    monkeypatch.setattr("nnscreener.cli.train.load_plans", stop_after_device_choice)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = build_parser().parse_args(["990", "descriptor"])
-    with pytest.raises(ScreenerError, match="stop here"):
-        train(args)
-    assert seen["device"] == "cpu"
+    assert resolve_training_device(None, 1) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_training_device(None, 1) == "cuda"
+    assert resolve_training_device("cpu", 1) == "cpu"
+    with pytest.raises(ScreenerError, match="only 1 GPUs"):
+        resolve_training_device(None, 2)
 
 
 def test_prepare_stage_folder_ignores_fresh_folders(tmp_path):

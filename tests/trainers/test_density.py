@@ -11,7 +11,7 @@ import torch
 
 from nnscreener import paths
 from nnscreener.checkpoints import FINAL_CHECKPOINT, load_checkpoint, save_checkpoint
-from nnscreener.cli.train import resolved_plans_dict
+from nnscreener.trainers.run import resolved_plans_dict
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.errors import ScreenerError
 from nnscreener.model import ScreenerModel, load_screener_model

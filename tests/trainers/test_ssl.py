@@ -9,7 +9,7 @@ import torch
 
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 from nnscreener.checkpoints import load_checkpoint
-from nnscreener.cli.train import resolved_plans_dict
+from nnscreener.trainers.run import resolved_plans_dict
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.errors import ScreenerError
 from nnscreener.trainers.base import NonFiniteLossError
