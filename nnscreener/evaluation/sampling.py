@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation.metrics import label_regions
-from nnscreener.io.images import IMAGE_ENDINGS
+from nnscreener.io.images import IMAGE_ENDINGS, read_image
 from nnscreener.planning.body_mask import body_mask_from_hu
 
 VOLUME_ENDINGS = IMAGE_ENDINGS
@@ -241,15 +241,9 @@ def volume_files_by_case(folder: Union[str, Path], channel_suffix: str = "") -> 
 
 
 def read_volume(path: Union[str, Path]) -> sitk.Image:
-    """Reads a 3D single-component image; ScreenerError naming the file when unreadable or not 3D."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ScreenerError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ScreenerError(f"{path} is not a 3D single-channel volume (dimension {image.GetDimension()}, "
-                            f"{image.GetNumberOfComponentsPerPixel()} components)")
-    return image
+    """Reads a 3D single-component image with :func:`nnscreener.io.images.read_image`; ScreenerError naming the
+    file when it is missing, truncated, unreadable or not 3D."""
+    return read_image(Path(path))
 
 
 def check_same_geometry(reference: sitk.Image, other: sitk.Image, case: str, reference_name: str,

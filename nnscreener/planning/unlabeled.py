@@ -101,15 +101,18 @@ def _mask_is_current(mask: Path, image: str) -> bool:
     return mask.is_file() and mask.stat().st_mtime >= os.stat(image).st_mtime
 
 
-def write_body_mask(image_file: str, mask_file: str, reader_writer_class: type, threshold_hu: float) -> str:
+def write_body_mask(image_file: str, mask_file: str, reader_writer_class: type, threshold_hu: float,
+                    allow_non_ct: bool = False) -> str:
     """Reads and checks one CT, writes its body mask (uint8, the image's geometry) atomically.
+
+    ``allow_non_ct`` skips the check that the intensities look like CT in HU.
 
     Raises:
         ScreenerError naming the image (see :func:`nnscreener.planning.preprocessor.read_ct_image`), or when no
         body is found.
     """
     rw = reader_writer_class()
-    data, properties = read_ct_image([image_file], rw)
+    data, properties = read_ct_image([image_file], rw, allow_non_ct)
     mask = body_mask_from_hu(data[0], threshold_hu)
     del data
     if not mask.any():
@@ -150,12 +153,13 @@ def run_with_progress(fn: Callable, arg_tuples: Sequence[tuple], num_processes: 
 
 def write_body_masks(cases: Dict[str, List[str]], mask_dir: Path, dataset_json: Dict[str, Any],
                      threshold_hu: float = -500.0, num_processes: int = 1,
-                     reuse: bool = True) -> Tuple[Dict[str, str], int]:
+                     reuse: bool = True, allow_non_ct: bool = False) -> Tuple[Dict[str, str], int]:
     """Writes ``mask_dir/<case><file_ending>`` for every case (validating every image it reads).
 
     Args:
         cases: ``{case: [image path]}`` as from :func:`list_training_cases`.
         reuse: keep masks newer than their image from an earlier run.
+        allow_non_ct: accept images whose intensities do not look like CT in HU.
 
     Returns:
         ``{case: mask path}`` and the number of masks written now.
@@ -166,7 +170,7 @@ def write_body_masks(cases: Dict[str, List[str]], mask_dir: Path, dataset_json: 
     # chosen by file ending (no trial read), so a broken first image is reported by name below
     rw_class = determine_reader_writer_from_dataset_json(dataset_json, None, verbose=False)
     masks = {case: str(body_mask_path(mask_dir, case, ending)) for case in cases}
-    todo = [(images[0], masks[case], rw_class, threshold_hu) for case, images in cases.items()
+    todo = [(images[0], masks[case], rw_class, threshold_hu, allow_non_ct) for case, images in cases.items()
             if not (reuse and _mask_is_current(Path(masks[case]), images[0]))]
     if todo:
         run_with_progress(write_body_mask, todo, num_processes, "Body masks (validating images)")

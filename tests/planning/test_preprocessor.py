@@ -190,10 +190,14 @@ def test_bad_images_raise_errors_naming_the_file(planned, tmp_path, kind, messag
         write_ct(path, phantom_hu()[10], PHANTOM_SPACING_XYZ[:2])
     elif kind == "garbage":
         path.write_bytes(b"this is not a NIfTI file")
-    elif kind == "tiny":
-        write_ct(path, np.full((6, 12, 12), 40, np.int16), (1.0, 1.0, 1.0))
-    elif kind == "air":
-        write_ct(path, np.full((20, 40, 40), -1000, np.int16))
+    elif kind == "tiny":  # air and soft tissue, as a CT has, but too small
+        tiny = np.full((6, 12, 12), 40, np.int16)
+        tiny[:, :3] = -1000
+        write_ct(path, tiny, (1.0, 1.0, 1.0))
+    elif kind == "air":  # soft-tissue voxels scattered in air: CT-like values, but no dense block
+        air = np.full((20, 40, 40), -1000, np.int16)
+        air[::4, ::4, ::4] = 40
+        write_ct(path, air)
     with pytest.raises(ScreenerError, match=message) as info:
         preprocess_case([str(path)], plans)
     assert str(path) in str(info.value)
