@@ -40,6 +40,7 @@ from nnscreener.inference.previews import save_previews
 from nnscreener.inference.sliding_window import PaddedVolume, Stitcher, Window, batched, iter_windows, pad_to_patch
 from nnscreener.io.images import read_image
 from nnscreener.plans import ScreenerPlans, load_plans_file
+from nnscreener.workers import exit_with_parent
 
 PREVIEW_FOLDER = "previews"
 SETTINGS_FILE = "prediction_settings.json"  # in the output folder: which settings wrote which maps (record_settings)
@@ -111,7 +112,8 @@ def _executor(num_workers: int) -> Executor:
         raise ScreenerError(f"the number of worker processes must be >= 0, got {num_workers}")
     if num_workers == 0:
         return _InlineExecutor()
-    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def _error_message(error: BaseException) -> str:

@@ -101,13 +101,39 @@ def verify_integrity(dataset_dir: Path, num_processes: int) -> None:
         raise ScreenerError(f"nnU-Net's dataset integrity check failed (see the messages above): {e}") from None
 
 
+STAGING_PREFIX = ".nnscreener_staging_"  # + "<pid>_<dataset name>" under $nnUNet_preprocessed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(root: Path) -> List[Path]:
+    """Removes the staging folders under ``root`` whose run is gone (its pid is not alive), as a killed run
+    leaves them; folders of live runs stay. Returns the removed folders."""
+    removed = []
+    for folder in sorted(root.glob(f"{STAGING_PREFIX}*")) if root.is_dir() else []:
+        pid = folder.name[len(STAGING_PREFIX):].split("_", 1)[0]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def staging_for(name: str, clean: bool) -> Staging:
     """The staging layout of a run on dataset ``name``, recording what exists before it starts."""
     from nnscreener.planning.unlabeled import BODY_MASK_FOLDER
 
     target = paths.preprocessed_root() / name
     mask_dir = target / BODY_MASK_FOLDER
-    staging_root = paths.preprocessed_root() / f".nnscreener_staging_{os.getpid()}_{name}"
+    staging_root = paths.preprocessed_root() / f"{STAGING_PREFIX}{os.getpid()}_{name}"
     return Staging(target=target, mask_dir=mask_dir, staging_root=staging_root, staged=staging_root / name,
                    new_target=not target.exists(), new_masks=clean or not mask_dir.exists())
 
@@ -205,6 +231,8 @@ def plan_and_preprocess(dataset: Union[int, str], config: Optional[ScreenerConfi
     num_processes = max(1, int(num_processes))
     print(f"{name}: {len(cases)} training case(s); plans {plans_name!r}; target spacing "
           f"{config.preprocessing.spacing_xyz} mm and patch {config.network.patch_size_xyz} voxels, (x, y, z)")
+    for stale in remove_stale_staging(paths.preprocessed_root()):
+        print(f"Removed {stale}, left by a run that was killed")
     staging = staging_for(name, clean)
     try:
         reuse = stage_inputs(staging, raw_json, cases, config, num_processes, clean, allow_non_ct)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from nnscreener.errors import ScreenerError
 from nnscreener.planning.body_mask import body_mask_from_hu
 from nnscreener.planning.preprocessor import check_ct_channels, read_ct_image
+from nnscreener.workers import exit_with_parent
 
 BODY_MASK_FOLDER = "nnscreener_body_masks"
 BODY_LABELS = {"background": 0, "body": 1}
@@ -135,8 +136,8 @@ def _call(job: Tuple[Callable, tuple]):
 
 
 def run_with_progress(fn: Callable, arg_tuples: Sequence[tuple], num_processes: int, desc: str) -> List[Any]:
-    """Runs ``fn(*args)`` for each tuple, in spawn workers when ``num_processes > 1``, with a progress bar.
-    A worker's exception (e.g. ScreenerError) is re-raised here and stops the run."""
+    """Runs ``fn(*args)`` for each tuple, in spawn workers (ending with this process) when ``num_processes > 1``,
+    with a progress bar. A worker's exception (e.g. ScreenerError) is re-raised here and stops the run."""
     results = []
     with tqdm(total=len(arg_tuples), desc=desc) as bar:
         if num_processes <= 1 or len(arg_tuples) <= 1:
@@ -144,7 +145,9 @@ def run_with_progress(fn: Callable, arg_tuples: Sequence[tuple], num_processes: 
                 results.append(fn(*args))
                 bar.update()
         else:
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(arg_tuples))) as pool:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(arg_tuples)),
+                                                           initializer=exit_with_parent,
+                                                           initargs=(os.getpid(),)) as pool:
                 for r in pool.imap_unordered(_call, [(fn, a) for a in arg_tuples]):
                     results.append(r)
                     bar.update()

@@ -175,3 +175,23 @@ def test_non_ct_image_is_named_unless_allowed(nnunet_env):
     staging = staging_for(raw.name, clean=True)
     stage_inputs(staging, raw_json, cases, CPU, 1, clean=True, allow_non_ct=True)  # the body masks are written
     assert (staging.mask_dir / "photo.nii.gz").is_file()
+
+
+def test_staging_folders_of_dead_runs_are_removed_and_the_final_plans_path_is_printed(nnunet_env, capsys):
+    import subprocess
+    import sys
+
+    from nnscreener.planning.pipeline import STAGING_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = Path(nnunet_env["nnUNet_preprocessed"])
+    stale = root / f"{STAGING_PREFIX}{int(dead.stdout)}_Dataset500_Phantom"
+    live = root / f"{STAGING_PREFIX}1_Dataset501_Other"  # pid 1 is always alive
+    for folder in (stale, live):
+        (folder / "Dataset500_Phantom").mkdir(parents=True)
+    write_phantom_raw_dataset(nnunet_env["nnUNet_raw"])
+    plans_path = plan_and_preprocess(500, CPU, num_processes=1)
+    assert not stale.exists() and live.is_dir()
+    out = capsys.readouterr().out
+    assert f"Plans: {plans_path}" in out and STAGING_PREFIX not in out.replace(f"Removed {stale}", "")
+    assert plans_path == root / "Dataset500_Phantom" / "nnScreenerPlans_cpu.json" and plans_path.is_file()
