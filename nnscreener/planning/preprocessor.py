@@ -35,6 +35,8 @@ from nnscreener.planning.normalization import NORMALIZATION_SCHEMES
 
 BODY_LABEL = 1  # value of the body in the stored segmentation; 0 is outside
 MIN_EDGE_VOXELS = 8  # smallest accepted size of a preprocessed volume along any axis
+CT_SPACING_RANGE_MM = (0.1, 12.0)  # accepted voxel spacing of input scans (clinical CT: ~0.3 .. 10 mm)
+MAX_PREPROCESSED_VOXELS = 2 ** 28  # largest resampled volume (1 GiB as float32; a 1.5 mm whole body is ~1e8)
 
 
 @dataclass
@@ -101,6 +103,26 @@ def read_ct_image(image_files: Sequence[str], reader_writer,
     if not allow_non_ct:
         check_ct_intensities(data, path, stored_pixel_type(path))
     return data.astype(np.float32, copy=False), properties
+
+
+def check_spacing(spacing: Sequence[float]) -> None:
+    """Raises ScreenerError when a voxel spacing (mm) lies outside :data:`CT_SPACING_RANGE_MM` (a broken header or
+    not a CT; resampling it would take minutes or tens of GiB)."""
+    low, high = CT_SPACING_RANGE_MM
+    if not all(np.isfinite(s) and low <= s <= high for s in spacing):
+        raise ScreenerError(f"voxel spacing {tuple(spacing)} mm lies outside CT's range {low:g}..{high:g} mm per "
+                            f"axis; check the image header")
+
+
+def check_resampled_size(shape: Sequence[int], spacing: Sequence[float], new_shape: Sequence[int],
+                         target_spacing: Sequence[float]) -> None:
+    """Raises ScreenerError, before any allocation, when resampling would exceed :data:`MAX_PREPROCESSED_VOXELS`."""
+    n_voxels = int(np.prod([int(s) for s in new_shape], dtype=object))
+    if n_voxels > MAX_PREPROCESSED_VOXELS:
+        raise ScreenerError(
+            f"the crop {tuple(int(s) for s in shape)} at spacing {tuple(spacing)} mm would become "
+            f"{tuple(int(s) for s in new_shape)} = {n_voxels:,} voxels at {tuple(target_spacing)} mm, more than the "
+            f"limit of {MAX_PREPROCESSED_VOXELS:,} ({MAX_PREPROCESSED_VOXELS * 4 / 2 ** 30:g} GiB as float32)")
 
 
 class ScreenerPreprocessor(DefaultPreprocessor):
@@ -178,6 +200,7 @@ class ScreenerPreprocessor(DefaultPreprocessor):
         transpose = plans_manager.transpose_forward
         data = data.transpose([0, *[a + 1 for a in transpose]])
         spacing = [float(properties["spacing"][a]) for a in transpose]
+        check_spacing(spacing)
         properties["shape_before_cropping"] = data.shape[1:]
 
         bbox = dense_foreground_bbox(data[0], spacing, cfg.body_threshold_hu, cfg.body_block_mm)
@@ -196,6 +219,7 @@ class ScreenerPreprocessor(DefaultPreprocessor):
                 f"the dense-foreground crop {tuple(int(s) for s in data.shape[1:])} at spacing {tuple(spacing)} "
                 f"mm (z, y, x) becomes {tuple(int(s) for s in new_shape)} voxels at {tuple(target_spacing)} mm; "
                 f"at least {MIN_EDGE_VOXELS} voxels per axis are needed")
+        check_resampled_size(data.shape[1:], spacing, new_shape, target_spacing)
         resampled = configuration_manager.resampling_fn_data(data, new_shape, spacing, target_spacing)
         if np.shares_memory(resampled, data):  # nothing to resample: do not normalize the caller's array in place
             resampled = resampled.copy()
