@@ -198,7 +198,8 @@ def run_nnunet_steps(staging: Staging, name: str, config: ScreenerConfig, plans_
         planner = ScreenerPlanner(name, plans_name=plans_name, config=config)
         planner.plan_experiment()
         print(f"Preprocessing {n_cases} case(s) with {num_processes} worker(s)")
-        ScreenerPreprocessor(verbose=False, allow_non_ct=allow_non_ct).run(dataset_id, paths.CONFIGURATION, plans_name, num_processes)
+        ScreenerPreprocessor(verbose=False, allow_non_ct=allow_non_ct).run(dataset_id, paths.CONFIGURATION,
+                                                                           plans_name, num_processes)
     return planner
 
 

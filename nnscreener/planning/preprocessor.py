@@ -277,8 +277,9 @@ def preprocess_case(image_files: Sequence[str], plans, allow_non_ct: bool = Fals
         nnU-Net's properties (no ``class_locations``).
 
     Raises:
-        ScreenerError naming the file: missing / truncated / unreadable / non-3D / NaN / non-CT image, a plans dataset that is not a
-        single CT channel, or an image without dense foreground.
+        ScreenerError naming the file: missing / truncated / unreadable / non-3D / NaN / non-CT image, a plans
+        dataset that is not a single CT channel, an image without dense foreground, a spacing outside CT's range
+        or a resampled size over the limit.
     """
     check_ct_channels(plans.dataset_json, f"dataset.json of {plans.dataset_name}")
     preprocessor = ScreenerPreprocessor(verbose=False, config=plans.config.preprocessing, allow_non_ct=allow_non_ct)
