@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "otherwise)")
     p.add_argument("--clean", action="store_true",
                    help="recompute body masks and the dataset fingerprint instead of reusing an earlier run's")
+    p.add_argument("--allow_non_ct", action="store_true",
+                   help="accept images whose intensities do not look like CT in Hounsfield units (8-bit pixels, "
+                        "no air or soft tissue, values in 0..1); by default they are refused")
     return p
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     config = validate(merge(get_preset(args.preset), parse_set_overrides(args.overrides)))
     plan_and_preprocess(args.dataset, config,
                         args.num_processes if args.num_processes is not None else _default_num_processes(),
-                        args.verify_dataset_integrity, args.clean, args.plans_name)
+                        args.verify_dataset_integrity, args.clean, args.plans_name, args.allow_non_ct)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

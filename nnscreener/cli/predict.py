@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
     parser.add_argument("--save_png", action="store_true",
                         help="also write axial and coronal overlay previews to OUT/previews/")
+    parser.add_argument("--allow_non_ct", action="store_true",
+                        help="score scans whose intensities do not look like CT in Hounsfield units (8-bit pixels, "
+                             "no air or soft tissue, values in 0..1); by default they fail with a message")
     return parser
 
 
@@ -90,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
                            args.condition_variant), resolve_device(args.device), args.chk,
             step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
-            num_processes_export=args.nps)
+            num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
         summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                                part_id=args.part_id, save_png=args.save_png)
     except ScreenerError as e:

@@ -11,6 +11,7 @@ derive ``seed`` from the config's ``seed``, the DDP rank and the resume iteratio
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -28,6 +29,7 @@ from nnscreener.data.masking import random_block_mask
 from nnscreener.data.pair_sampling import extract_view, sample_pair_params, sample_positions
 from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans
+from nnscreener.workers import exit_with_parent
 
 Loader = Union[NonDetMultiThreadedAugmenter, SingleThreadedAugmenter]
 BODY_LABEL = 1  # the body mask's label in the preprocessed ``_seg.b2nd`` (docs/design.md C3)
@@ -42,11 +44,15 @@ class _SeededCaseLoader(DataLoader):
         self.indices = list(dataset.identifiers)
         self.seed = int(seed)
         self.rng = np.random.default_rng([self.seed, 0])
+        self.owner_pid = os.getpid()  # the training process; background workers end when it is gone
 
     def set_thread_id(self, thread_id: int) -> None:
-        """Called by the multi-process augmenter in each worker: reseeds with ``(seed, worker id)``."""
+        """Called by the multi-process augmenter in each worker: reseeds with ``(seed, worker id)`` and, in a
+        background process, starts the watchdog that ends it with the training process."""
         super().set_thread_id(thread_id)
         self.rng = np.random.default_rng([self.seed, int(thread_id)])
+        if os.getpid() != self.owner_pid:
+            exit_with_parent(self.owner_pid)
 
     def draw_identifiers(self) -> List[str]:
         """``batch_size`` case identifiers drawn uniformly with replacement."""

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation.metrics import label_regions
-from nnscreener.io.images import IMAGE_ENDINGS
+from nnscreener.io.images import IMAGE_ENDINGS, read_image
 from nnscreener.planning.body_mask import body_mask_from_hu
 
 VOLUME_ENDINGS = IMAGE_ENDINGS
@@ -241,36 +241,35 @@ def volume_files_by_case(folder: Union[str, Path], channel_suffix: str = "") -> 
 
 
 def read_volume(path: Union[str, Path]) -> sitk.Image:
-    """Reads a 3D single-component image; ScreenerError naming the file when unreadable or not 3D."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ScreenerError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ScreenerError(f"{path} is not a 3D single-channel volume (dimension {image.GetDimension()}, "
-                            f"{image.GetNumberOfComponentsPerPixel()} components)")
-    return image
+    """Reads a 3D single-component image with :func:`nnscreener.io.images.read_image`; ScreenerError naming the
+    file when it is missing, truncated, unreadable or not 3D."""
+    return read_image(Path(path))
 
 
-def check_same_geometry(reference: sitk.Image, other: sitk.Image, case: str, reference_name: str,
-                        other_name: str) -> None:
-    """Raises ScreenerError naming the case when size, spacing, origin or direction differ.
+def check_same_geometry(reference: sitk.Image, other: sitk.Image, case: str, reference_kind: str,
+                        reference_file: Path, other_kind: str, other_file: Path) -> None:
+    """Raises ScreenerError naming the case and both files when size, spacing, origin or direction differ.
 
-    Sizes are reported in x, y, z order (SimpleITK's), spacing in mm.
+    The message names ``other`` (the file at fault, e.g. the anomaly map) and lists, per property, its value first
+    and then the reference's (the label's), each labelled with its kind. Sizes are (x, y, z) (SimpleITK's order),
+    spacing and origin in mm.
     """
+    checks = (("size (x, y, z)", reference.GetSize(), other.GetSize(), lambda a, b: a == b),
+              ("spacing (x, y, z, mm)", reference.GetSpacing(), other.GetSpacing(),
+               lambda a, b: np.allclose(a, b, rtol=_SPACING_RTOL, atol=0)),
+              ("origin (x, y, z, mm)", reference.GetOrigin(), other.GetOrigin(),
+               lambda a, b: np.allclose(a, b, rtol=0, atol=_ORIGIN_ATOL_MM)),
+              ("direction", reference.GetDirection(), other.GetDirection(),
+               lambda a, b: np.allclose(a, b, rtol=0, atol=_DIRECTION_ATOL)))
     problems = []
-    if reference.GetSize() != other.GetSize():
-        problems.append(f"size (x, y, z) {reference.GetSize()} vs {other.GetSize()}")
-    else:
-        if not np.allclose(reference.GetSpacing(), other.GetSpacing(), rtol=_SPACING_RTOL, atol=0):
-            problems.append(f"spacing (x, y, z, mm) {reference.GetSpacing()} vs {other.GetSpacing()}")
-        if not np.allclose(reference.GetOrigin(), other.GetOrigin(), rtol=0, atol=_ORIGIN_ATOL_MM):
-            problems.append(f"origin (mm) {reference.GetOrigin()} vs {other.GetOrigin()}")
-        if not np.allclose(reference.GetDirection(), other.GetDirection(), rtol=0, atol=_DIRECTION_ATOL):
-            problems.append(f"direction {reference.GetDirection()} vs {other.GetDirection()}")
+    for what, ref_value, other_value, same in checks:
+        if not same(ref_value, other_value):
+            problems.append(f"{what}: {other_kind} {tuple(other_value)}, {reference_kind} {tuple(ref_value)}")
+        if problems and what.startswith("size"):
+            break  # other properties are not comparable across sizes
     if problems:
-        raise ScreenerError(f"case {case}: the {other_name} does not match the geometry of the {reference_name}: "
-                            + "; ".join(problems))
+        raise ScreenerError(f"case {case}: the {other_kind} {other_file} does not match the geometry of the "
+                            f"{reference_kind} {reference_file}; " + "; ".join(problems))
 
 
 def _label_array(label_image: sitk.Image, path: Path) -> np.ndarray:
@@ -298,10 +297,10 @@ def load_case_sample(case: str, label_file: Path, map_file: Path, image_file: Op
         seed: base seed (combined with the case name).
     """
     label_image, map_image = read_volume(label_file), read_volume(map_file)
-    check_same_geometry(label_image, map_image, case, f"label {label_file}", f"anomaly map {map_file}")
+    check_same_geometry(label_image, map_image, case, "label", label_file, "anomaly map", map_file)
     image = read_volume(image_file) if image_file is not None else None
     if image is not None:
-        check_same_geometry(label_image, image, case, f"label {label_file}", f"image {image_file}")
+        check_same_geometry(label_image, image, case, "label", label_file, "image", image_file)
     labels = _label_array(label_image, label_file)
     score_map = sitk.GetArrayViewFromImage(map_image)  # (z, y, x), valid while map_image lives
     if not np.isfinite(score_map).all():

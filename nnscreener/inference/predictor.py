@@ -11,8 +11,10 @@ Axis order: preprocessed data is (1, z, y, x) in [0, 1]; patches are (B, 1, Z, Y
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import multiprocessing
+import os
 import sys
 import time
 from collections import deque
@@ -36,18 +38,21 @@ from nnscreener.inference.export import map_to_original_geometry, upsample_to_pa
 from nnscreener.inference.input_files import InputCase, discover_cases, output_file, select_part, split_finished
 from nnscreener.inference.previews import save_previews
 from nnscreener.inference.sliding_window import PaddedVolume, Stitcher, Window, batched, iter_windows, pad_to_patch
+from nnscreener.io.images import read_image
 from nnscreener.plans import ScreenerPlans, load_plans_file
+from nnscreener.workers import exit_with_parent
 
 PREVIEW_FOLDER = "previews"
-SETTINGS_FILE = "prediction_settings.json"
+SETTINGS_FILE = "prediction_settings.json"  # in the output folder: which settings wrote which maps (record_settings)
 PreprocessFn = Callable[[Sequence[str], ScreenerPlans], Any]  # -> PreprocessedCase (docs/design.md C4)
 
 
-def default_preprocess_fn() -> PreprocessFn:
-    """The training preprocessing (docs/design.md C4), imported on first use."""
+def default_preprocess_fn(allow_non_ct: bool = False) -> PreprocessFn:
+    """The training preprocessing (docs/design.md C4), imported on first use; ``allow_non_ct`` skips its check that
+    the intensities look like CT in HU (a picklable partial, so worker processes can run it)."""
     from nnscreener.planning.preprocessor import preprocess_case
 
-    return preprocess_case
+    return functools.partial(preprocess_case, allow_non_ct=True) if allow_non_ct else preprocess_case
 
 
 @dataclass
@@ -68,14 +73,26 @@ class PredictionSummary:
     failed: Dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def report(self) -> str:
-        """A few human-readable lines: counts, time per case, and one line per failure."""
+    def headline(self) -> str:
+        """One line: counts, time per case, and where the maps are."""
         per_case = f", {self.seconds / len(self.predicted):.1f} s/case" if self.predicted else ""
-        lines = [f"nnScreener_predict: {len(self.predicted)} predicted, {len(self.skipped)} skipped (output exists; "
-                 f"--overwrite redoes them), {len(self.failed)} failed in {self.seconds:.1f} s{per_case}. "
-                 f"Maps are in {self.output_dir}"]
-        lines += [f"  FAILED {case}: {message}" for case, message in sorted(self.failed.items())]
-        return "\n".join(lines)
+        return (f"nnScreener_predict: {len(self.predicted)} predicted, {len(self.skipped)} skipped (output exists; "
+                f"--overwrite redoes them), {len(self.failed)} failed in {self.seconds:.1f} s{per_case}. "
+                f"Maps are in {self.output_dir}")
+
+    def failure_lines(self) -> List[str]:
+        """One ``FAILED case: message`` line per failed case, sorted by case."""
+        return [f"  FAILED {case}: {message}" for case, message in sorted(self.failed.items())]
+
+    def report(self) -> str:
+        """The headline and the failure lines, as one text."""
+        return "\n".join([self.headline(), *self.failure_lines()])
+
+    def print_report(self) -> None:
+        """Prints the headline on stdout and the failure lines on stderr."""
+        print(self.headline())
+        for line in self.failure_lines():
+            print(line, file=sys.stderr)
 
 
 class _InlineExecutor(Executor):
@@ -95,7 +112,8 @@ def _executor(num_workers: int) -> Executor:
         raise ScreenerError(f"the number of worker processes must be >= 0, got {num_workers}")
     if num_workers == 0:
         return _InlineExecutor()
-    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def _error_message(error: BaseException) -> str:
@@ -113,7 +131,7 @@ def _export_case(map_zyx: np.ndarray, body_zyx: np.ndarray, properties: Mapping[
     if preview_source is not None:
         import SimpleITK as sitk
 
-        image = sitk.ReadImage(preview_source)
+        image = read_image(Path(preview_source))
         stem = out_file.parent / PREVIEW_FOLDER / out_file.name[: -len(".nii.gz")]
         save_previews(sitk.GetArrayFromImage(image).astype(np.float32), original, image.GetSpacing(), stem,
                       window_hu)
@@ -178,13 +196,14 @@ class ScreenerPredictor:
         preprocess_fn: ``(image_files, plans) -> PreprocessedCase`` (docs/design.md C4; fields ``data`` (1, z, y, x),
             ``body_mask`` (z, y, x) bool, ``properties``). Default: nnScreener's training preprocessing. It must be
             a module-level function when worker processes are used.
+        allow_non_ct: with the default ``preprocess_fn``, accept scans whose intensities do not look like CT in HU.
     """
 
     def __init__(self, model: nn.Module, plans: ScreenerPlans, device: Union[str, torch.device] = "cpu",
                  step_size: Optional[float] = None, blending: Optional[str] = None,
                  batch_size: Optional[int] = None, num_processes_preprocessing: int = 2,
                  num_processes_export: int = 2, progress: bool = True,
-                 preprocess_fn: Optional[PreprocessFn] = None) -> None:
+                 preprocess_fn: Optional[PreprocessFn] = None, allow_non_ct: bool = False) -> None:
         inference = plans.config.inference
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -205,7 +224,7 @@ class ScreenerPredictor:
         self.num_processes_preprocessing = num_processes_preprocessing
         self.num_processes_export = num_processes_export
         self.progress = progress
-        self.preprocess_fn = preprocess_fn or default_preprocess_fn()
+        self.preprocess_fn = preprocess_fn or default_preprocess_fn(allow_non_ct)
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -316,8 +335,7 @@ class ScreenerPredictor:
                                                                                for c, f in inputs]
         todo, skipped = split_finished(select_part(cases, num_parts, part_id), output_dir, overwrite)
         summary = PredictionSummary(output_dir, skipped=[c.case_id for c in skipped])
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self._write_settings(output_dir)
+        prepare_output_folder(output_dir)
         try:
             with _executor(self.num_processes_preprocessing) as preprocessing, \
                     _executor(self.num_processes_export) as export:
@@ -325,9 +343,11 @@ class ScreenerPredictor:
         except BrokenProcessPool as e:
             raise ScreenerError("a background worker process died (most likely out of memory); rerun with fewer "
                                 "-npp / -nps workers: finished maps are kept and skipped") from e
+        finally:
+            record_settings(output_dir / SETTINGS_FILE, self.settings(), summary.predicted)
         summary.seconds = time.perf_counter() - start
         if self.progress:
-            print(summary.report())
+            summary.print_report()
         return summary
 
     def _run_cases(self, cases: Sequence[InputCase], output_dir: Path, save_png: bool, preprocessing: Executor,
@@ -385,8 +405,9 @@ class ScreenerPredictor:
         else:
             summary.predicted.append(case_id)
 
-    def _write_settings(self, output_dir: Path) -> None:
-        settings = {
+    def settings(self) -> Dict[str, Any]:
+        """The settings that decide the maps this predictor writes (recorded in :data:`SETTINGS_FILE`)."""
+        return {
             "dataset": self.plans.dataset_name,
             "plans": self.plans.plans_name,
             "step_size": self.step_size,
@@ -395,7 +416,62 @@ class ScreenerPredictor:
             "device": str(self.device),
             "screener_config": self.plans.config.to_dict(),
         }
-        (output_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+
+
+def prepare_output_folder(output_dir: Path) -> None:
+    """Creates the output folder and checks that files can be written in it.
+
+    Raises:
+        ScreenerError naming the path: it is a file, cannot be created, or is not writable.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ScreenerError(f"output path {output_dir} is a file, not a folder; pass a folder to -o")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".nnscreener_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ScreenerError(f"output folder {output_dir} is not writable: {e.strerror or e}") from None
+
+
+def _recorded_runs(path: Path) -> List[Dict[str, Any]]:
+    """The runs recorded in a settings file; an older single-run file is one run without a case list."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if isinstance(recorded, dict) and isinstance(recorded.get("runs"), list):
+        return [r for r in recorded["runs"] if isinstance(r, dict)]
+    return [recorded] if isinstance(recorded, dict) else []
+
+
+def record_settings(path: Path, settings: Dict[str, Any], predicted: Sequence[str]) -> None:
+    """Records which settings produced which maps in ``path`` (``{"runs": [{settings..., "cases": [...]}]}``).
+
+    Nothing changes when no map was written. Otherwise the new cases join the run with the same settings (or a new
+    run is appended), and they leave the case lists of runs whose maps they replaced; runs left without a case
+    are dropped. The file is replaced atomically.
+    """
+    if not predicted:
+        return
+    new = set(predicted)
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
+    runs = []
+    for run in _recorded_runs(path):
+        if "cases" in run:
+            run["cases"] = sorted(set(run["cases"]) - new)
+            if not run["cases"]:
+                continue
+        runs.append(run)
+    same = next((r for r in runs if {k: v for k, v in r.items() if k != "cases"} == settings and "cases" in r), None)
+    if same is not None:
+        same["cases"] = sorted(set(same["cases"]) | new)
+    else:
+        runs.append({**settings, "cases": sorted(new)})
+    partial = path.with_name(f".partial_{os.getpid()}_{path.name}")
+    partial.write_text(json.dumps({"runs": runs}, indent=2))
+    os.replace(partial, path)
 
 
 def _plans_from(plans_or_config: Union[ScreenerPlans, ScreenerConfig], density_folder: Path) -> ScreenerPlans:

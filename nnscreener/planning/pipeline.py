@@ -101,13 +101,39 @@ def verify_integrity(dataset_dir: Path, num_processes: int) -> None:
         raise ScreenerError(f"nnU-Net's dataset integrity check failed (see the messages above): {e}") from None
 
 
+STAGING_PREFIX = ".nnscreener_staging_"  # + "<pid>_<dataset name>" under $nnUNet_preprocessed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(root: Path) -> List[Path]:
+    """Removes the staging folders under ``root`` whose run is gone (its pid is not alive), as a killed run
+    leaves them; folders of live runs stay. Returns the removed folders."""
+    removed = []
+    for folder in sorted(root.glob(f"{STAGING_PREFIX}*")) if root.is_dir() else []:
+        pid = folder.name[len(STAGING_PREFIX):].split("_", 1)[0]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def staging_for(name: str, clean: bool) -> Staging:
     """The staging layout of a run on dataset ``name``, recording what exists before it starts."""
     from nnscreener.planning.unlabeled import BODY_MASK_FOLDER
 
     target = paths.preprocessed_root() / name
     mask_dir = target / BODY_MASK_FOLDER
-    staging_root = paths.preprocessed_root() / f".nnscreener_staging_{os.getpid()}_{name}"
+    staging_root = paths.preprocessed_root() / f"{STAGING_PREFIX}{os.getpid()}_{name}"
     return Staging(target=target, mask_dir=mask_dir, staging_root=staging_root, staged=staging_root / name,
                    new_target=not target.exists(), new_masks=clean or not mask_dir.exists())
 
@@ -124,7 +150,7 @@ def load_raw_dataset(name: str) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
 
 
 def stage_inputs(staging: Staging, raw_json: Dict[str, Any], cases: Dict[str, List[str]], config: ScreenerConfig,
-                 num_processes: int, clean: bool) -> bool:
+                 num_processes: int, clean: bool, allow_non_ct: bool = False) -> bool:
     """Writes (or reuses) the body masks and fills a fresh staging folder with the derived dataset.json and, when
     still valid, the previous fingerprint.
 
@@ -136,7 +162,7 @@ def stage_inputs(staging: Staging, raw_json: Dict[str, Any], cases: Dict[str, Li
     if clean and staging.mask_dir.is_dir():
         shutil.rmtree(staging.mask_dir)
     masks, n_written = write_body_masks(cases, staging.mask_dir, raw_json, config.preprocessing.body_threshold_hu,
-                                        num_processes, reuse=not clean)
+                                        num_processes, reuse=not clean, allow_non_ct=allow_non_ct)
     if staging.staging_root.exists():
         shutil.rmtree(staging.staging_root)
     staging.staged.mkdir(parents=True)
@@ -149,7 +175,8 @@ def stage_inputs(staging: Staging, raw_json: Dict[str, Any], cases: Dict[str, Li
 
 
 def run_nnunet_steps(staging: Staging, name: str, config: ScreenerConfig, plans_name: str, n_cases: int,
-                     num_processes: int, verify_dataset_integrity: bool, reuse_fingerprint: bool) -> Any:
+                     num_processes: int, verify_dataset_integrity: bool, reuse_fingerprint: bool,
+                     allow_non_ct: bool = False) -> Any:
     """Integrity check (optional), fingerprint, planning and preprocessing, all inside the staging folder.
 
     Returns:
@@ -171,13 +198,14 @@ def run_nnunet_steps(staging: Staging, name: str, config: ScreenerConfig, plans_
         planner = ScreenerPlanner(name, plans_name=plans_name, config=config)
         planner.plan_experiment()
         print(f"Preprocessing {n_cases} case(s) with {num_processes} worker(s)")
-        ScreenerPreprocessor(verbose=False).run(dataset_id, paths.CONFIGURATION, plans_name, num_processes)
+        ScreenerPreprocessor(verbose=False, allow_non_ct=allow_non_ct).run(dataset_id, paths.CONFIGURATION,
+                                                                           plans_name, num_processes)
     return planner
 
 
 def plan_and_preprocess(dataset: Union[int, str], config: Optional[ScreenerConfig] = None,
                         num_processes: int = 1, verify_dataset_integrity: bool = False, clean: bool = False,
-                        plans_name: Optional[str] = None) -> Path:
+                        plans_name: Optional[str] = None, allow_non_ct: bool = False) -> Path:
     """Plans and preprocesses a raw dataset; the function behind ``nnScreener_plan_and_preprocess``.
 
     Args:
@@ -187,6 +215,7 @@ def plan_and_preprocess(dataset: Union[int, str], config: Optional[ScreenerConfi
         verify_dataset_integrity: also run nnU-Net's integrity check on the images and body masks.
         clean: recompute body masks and the fingerprint instead of reusing those of an earlier run.
         plans_name: defaults to ``nnScreenerPlans`` (preset default) or ``nnScreenerPlans_<preset>``.
+        allow_non_ct: accept images whose intensities do not look like CT in Hounsfield units.
 
     Returns:
         Path of the written plans JSON.
@@ -203,11 +232,13 @@ def plan_and_preprocess(dataset: Union[int, str], config: Optional[ScreenerConfi
     num_processes = max(1, int(num_processes))
     print(f"{name}: {len(cases)} training case(s); plans {plans_name!r}; target spacing "
           f"{config.preprocessing.spacing_xyz} mm and patch {config.network.patch_size_xyz} voxels, (x, y, z)")
+    for stale in remove_stale_staging(paths.preprocessed_root()):
+        print(f"Removed {stale}, left by a run that was killed")
     staging = staging_for(name, clean)
     try:
-        reuse = stage_inputs(staging, raw_json, cases, config, num_processes, clean)
+        reuse = stage_inputs(staging, raw_json, cases, config, num_processes, clean, allow_non_ct)
         planner = run_nnunet_steps(staging, name, config, plans_name, len(cases), num_processes,
-                                   verify_dataset_integrity, reuse)
+                                   verify_dataset_integrity, reuse, allow_non_ct)
         commit(staging.staged, staging.target)
     except BaseException:
         rollback(staging)

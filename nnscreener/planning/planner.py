@@ -9,6 +9,8 @@ patch are stored in nnU-Net's (z, y, x) order with an identity transpose, and th
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -147,3 +149,10 @@ class ScreenerPlanner(ExperimentPlanner):
         self.plans = plans
         self.save_plans(plans)
         return plans
+
+    def save_plans(self, plans: dict) -> None:
+        """nnU-Net's ``save_plans`` without its "Plans were saved to" line: during nnScreener_plan_and_preprocess
+        that path is the staging folder, and :func:`nnscreener.planning.pipeline.plan_and_preprocess` prints the
+        final location."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            super().save_plans(plans)

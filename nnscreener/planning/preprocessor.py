@@ -27,6 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnscreener.config import PreprocessingConfig
 from nnscreener.errors import ScreenerError
+from nnscreener.io.images import check_complete, check_ct_intensities, reader_reason, stored_pixel_type
 from nnscreener.planning.body_mask import body_mask_from_hu
 from nnscreener.planning.clahe import clahe_3d
 from nnscreener.planning.cropping import crop_to_bbox, dense_foreground_bbox
@@ -34,6 +35,8 @@ from nnscreener.planning.normalization import NORMALIZATION_SCHEMES
 
 BODY_LABEL = 1  # value of the body in the stored segmentation; 0 is outside
 MIN_EDGE_VOXELS = 8  # smallest accepted size of a preprocessed volume along any axis
+CT_SPACING_RANGE_MM = (0.1, 12.0)  # accepted voxel spacing of input scans (clinical CT: ~0.3 .. 10 mm)
+MAX_PREPROCESSED_VOXELS = 2 ** 28  # largest resampled volume (1 GiB as float32; a 1.5 mm whole body is ~1e8)
 
 
 @dataclass
@@ -61,18 +64,22 @@ def check_ct_channels(dataset_json: Dict[str, Any], source: str = "dataset.json"
         )
 
 
-def read_ct_image(image_files: Sequence[str], reader_writer) -> Tuple[np.ndarray, Dict[str, Any]]:
+def read_ct_image(image_files: Sequence[str], reader_writer,
+                  allow_non_ct: bool = False) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Reads one CT with an nnU-Net reader and checks it.
 
     Args:
         image_files: the case's image files; exactly one (the CT channel).
         reader_writer: an nnU-Net ``BaseReaderWriter`` instance (e.g. ``SimpleITKIO()``).
+        allow_non_ct: skip the check that the intensities look like CT in HU
+            (:func:`nnscreener.io.images.check_ct_intensities`).
 
     Returns:
         (1, z, y, x) float32 array in HU and nnU-Net's image properties (``spacing`` in (z, y, x) mm, ...).
 
     Raises:
-        ScreenerError naming the file: missing, unreadable, not a single-channel 3D volume, or holding NaN/inf.
+        ScreenerError naming the file: missing, truncated, unreadable, not a single-channel 3D volume, holding
+        NaN/inf, or (unless ``allow_non_ct``) clearly not a CT in Hounsfield units.
     """
     image_files = [str(f) for f in image_files]
     if len(image_files) != 1:
@@ -80,12 +87,11 @@ def read_ct_image(image_files: Sequence[str], reader_writer) -> Tuple[np.ndarray
     path = image_files[0]
     if not os.path.isfile(path):
         raise ScreenerError(f"missing image file {path}")
+    check_complete(path)
     try:
         data, properties = reader_writer.read_images(image_files)
     except Exception as e:  # readers raise RuntimeError, OSError, ValueError, ... for broken files
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(e).__name__  # SimpleITK puts the reason on the last line
-        raise ScreenerError(f"cannot read image {path}: {reason}") from None
+        raise ScreenerError(f"cannot read image {path}: {reader_reason(e)}") from None
     sitk_spacing = properties.get("sitk_stuff", {}).get("spacing")
     if data.ndim != 4 or data.shape[0] != 1 or (sitk_spacing is not None and len(sitk_spacing) != 3) \
             or min(data.shape[1:]) < 2:
@@ -94,7 +100,29 @@ def read_ct_image(image_files: Sequence[str], reader_writer) -> Tuple[np.ndarray
     if not np.isfinite(np.sum(data, dtype=np.float64)):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise ScreenerError(f"{path} contains {bad} NaN or infinite voxels; fix or drop this image")
+    if not allow_non_ct:
+        check_ct_intensities(data, path, stored_pixel_type(path))
     return data.astype(np.float32, copy=False), properties
+
+
+def check_spacing(spacing: Sequence[float]) -> None:
+    """Raises ScreenerError when a voxel spacing (mm) lies outside :data:`CT_SPACING_RANGE_MM` (a broken header or
+    not a CT; resampling it would take minutes or tens of GiB)."""
+    low, high = CT_SPACING_RANGE_MM
+    if not all(np.isfinite(s) and low <= s <= high for s in spacing):
+        raise ScreenerError(f"voxel spacing {tuple(spacing)} mm lies outside CT's range {low:g}..{high:g} mm per "
+                            f"axis; check the image header")
+
+
+def check_resampled_size(shape: Sequence[int], spacing: Sequence[float], new_shape: Sequence[int],
+                         target_spacing: Sequence[float]) -> None:
+    """Raises ScreenerError, before any allocation, when resampling would exceed :data:`MAX_PREPROCESSED_VOXELS`."""
+    n_voxels = int(np.prod([int(s) for s in new_shape], dtype=object))
+    if n_voxels > MAX_PREPROCESSED_VOXELS:
+        raise ScreenerError(
+            f"the crop {tuple(int(s) for s in shape)} at spacing {tuple(spacing)} mm would become "
+            f"{tuple(int(s) for s in new_shape)} = {n_voxels:,} voxels at {tuple(target_spacing)} mm, more than the "
+            f"limit of {MAX_PREPROCESSED_VOXELS:,} ({MAX_PREPROCESSED_VOXELS * 4 / 2 ** 30:g} GiB as float32)")
 
 
 class ScreenerPreprocessor(DefaultPreprocessor):
@@ -107,11 +135,14 @@ class ScreenerPreprocessor(DefaultPreprocessor):
     Args:
         verbose: print per-case details (nnU-Net's flag).
         config: Screener preprocessing settings; None reads them from the plans' ``nnscreener`` block.
+        allow_non_ct: read images whose intensities do not look like CT in HU (see :func:`read_ct_image`).
     """
 
-    def __init__(self, verbose: bool = False, config: Optional[PreprocessingConfig] = None):
+    def __init__(self, verbose: bool = False, config: Optional[PreprocessingConfig] = None,
+                 allow_non_ct: bool = False):
         super().__init__(verbose=verbose)
         self.config = config
+        self.allow_non_ct = allow_non_ct
 
     def _resolve_config(self, plans_manager: PlansManager) -> PreprocessingConfig:
         if self.config is not None:
@@ -135,7 +166,7 @@ class ScreenerPreprocessor(DefaultPreprocessor):
         Raises:
             ScreenerError naming the image for bad input (see :func:`read_ct_image`) or an empty/tiny crop.
         """
-        data, properties = read_ct_image(image_files, plans_manager.image_reader_writer_class())
+        data, properties = read_ct_image(image_files, plans_manager.image_reader_writer_class(), self.allow_non_ct)
         try:
             data, mask, properties = self._preprocess(data, properties, plans_manager, configuration_manager)
         except ScreenerError as e:
@@ -169,6 +200,7 @@ class ScreenerPreprocessor(DefaultPreprocessor):
         transpose = plans_manager.transpose_forward
         data = data.transpose([0, *[a + 1 for a in transpose]])
         spacing = [float(properties["spacing"][a]) for a in transpose]
+        check_spacing(spacing)
         properties["shape_before_cropping"] = data.shape[1:]
 
         bbox = dense_foreground_bbox(data[0], spacing, cfg.body_threshold_hu, cfg.body_block_mm)
@@ -187,6 +219,7 @@ class ScreenerPreprocessor(DefaultPreprocessor):
                 f"the dense-foreground crop {tuple(int(s) for s in data.shape[1:])} at spacing {tuple(spacing)} "
                 f"mm (z, y, x) becomes {tuple(int(s) for s in new_shape)} voxels at {tuple(target_spacing)} mm; "
                 f"at least {MIN_EDGE_VOXELS} voxels per axis are needed")
+        check_resampled_size(data.shape[1:], spacing, new_shape, target_spacing)
         resampled = configuration_manager.resampling_fn_data(data, new_shape, spacing, target_spacing)
         if np.shares_memory(resampled, data):  # nothing to resample: do not normalize the caller's array in place
             resampled = resampled.copy()
@@ -231,23 +264,25 @@ class ScreenerPreprocessor(DefaultPreprocessor):
         return data
 
 
-def preprocess_case(image_files: Sequence[str], plans) -> PreprocessedCase:
+def preprocess_case(image_files: Sequence[str], plans, allow_non_ct: bool = False) -> PreprocessedCase:
     """Preprocesses one CT the way its training data was preprocessed (used by prediction).
 
     Args:
         image_files: the case's single CT file (e.g. ``["case_0000.nii.gz"]``).
         plans: a :class:`nnscreener.plans.ScreenerPlans` (its resolved config decides the settings).
+        allow_non_ct: skip the check that the intensities look like CT in HU.
 
     Returns:
         :class:`PreprocessedCase` with data (1, z, y, x) float32 in [0, 1], body_mask (z, y, x) bool, and
         nnU-Net's properties (no ``class_locations``).
 
     Raises:
-        ScreenerError naming the file: missing / unreadable / non-3D / NaN image, a plans dataset that is not a
-        single CT channel, or an image without dense foreground.
+        ScreenerError naming the file: missing / truncated / unreadable / non-3D / NaN / non-CT image, a plans
+        dataset that is not a single CT channel, an image without dense foreground, a spacing outside CT's range
+        or a resampled size over the limit.
     """
     check_ct_channels(plans.dataset_json, f"dataset.json of {plans.dataset_name}")
-    preprocessor = ScreenerPreprocessor(verbose=False, config=plans.config.preprocessing)
+    preprocessor = ScreenerPreprocessor(verbose=False, config=plans.config.preprocessing, allow_non_ct=allow_non_ct)
     data, seg, properties = preprocessor.run_case([str(f) for f in image_files], None, plans.plans_manager,
                                                   plans.configuration_manager, plans.dataset_json)
     return PreprocessedCase(data=data, body_mask=seg[0] == BODY_LABEL, properties=properties)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from nnscreener.errors import ScreenerError
 from nnscreener.planning.body_mask import body_mask_from_hu
 from nnscreener.planning.preprocessor import check_ct_channels, read_ct_image
+from nnscreener.workers import exit_with_parent
 
 BODY_MASK_FOLDER = "nnscreener_body_masks"
 BODY_LABELS = {"background": 0, "body": 1}
@@ -101,15 +102,18 @@ def _mask_is_current(mask: Path, image: str) -> bool:
     return mask.is_file() and mask.stat().st_mtime >= os.stat(image).st_mtime
 
 
-def write_body_mask(image_file: str, mask_file: str, reader_writer_class: type, threshold_hu: float) -> str:
+def write_body_mask(image_file: str, mask_file: str, reader_writer_class: type, threshold_hu: float,
+                    allow_non_ct: bool = False) -> str:
     """Reads and checks one CT, writes its body mask (uint8, the image's geometry) atomically.
+
+    ``allow_non_ct`` skips the check that the intensities look like CT in HU.
 
     Raises:
         ScreenerError naming the image (see :func:`nnscreener.planning.preprocessor.read_ct_image`), or when no
         body is found.
     """
     rw = reader_writer_class()
-    data, properties = read_ct_image([image_file], rw)
+    data, properties = read_ct_image([image_file], rw, allow_non_ct)
     mask = body_mask_from_hu(data[0], threshold_hu)
     del data
     if not mask.any():
@@ -132,8 +136,8 @@ def _call(job: Tuple[Callable, tuple]):
 
 
 def run_with_progress(fn: Callable, arg_tuples: Sequence[tuple], num_processes: int, desc: str) -> List[Any]:
-    """Runs ``fn(*args)`` for each tuple, in spawn workers when ``num_processes > 1``, with a progress bar.
-    A worker's exception (e.g. ScreenerError) is re-raised here and stops the run."""
+    """Runs ``fn(*args)`` for each tuple, in spawn workers (ending with this process) when ``num_processes > 1``,
+    with a progress bar. A worker's exception (e.g. ScreenerError) is re-raised here and stops the run."""
     results = []
     with tqdm(total=len(arg_tuples), desc=desc) as bar:
         if num_processes <= 1 or len(arg_tuples) <= 1:
@@ -141,7 +145,9 @@ def run_with_progress(fn: Callable, arg_tuples: Sequence[tuple], num_processes: 
                 results.append(fn(*args))
                 bar.update()
         else:
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(arg_tuples))) as pool:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(arg_tuples)),
+                                                           initializer=exit_with_parent,
+                                                           initargs=(os.getpid(),)) as pool:
                 for r in pool.imap_unordered(_call, [(fn, a) for a in arg_tuples]):
                     results.append(r)
                     bar.update()
@@ -150,12 +156,13 @@ def run_with_progress(fn: Callable, arg_tuples: Sequence[tuple], num_processes: 
 
 def write_body_masks(cases: Dict[str, List[str]], mask_dir: Path, dataset_json: Dict[str, Any],
                      threshold_hu: float = -500.0, num_processes: int = 1,
-                     reuse: bool = True) -> Tuple[Dict[str, str], int]:
+                     reuse: bool = True, allow_non_ct: bool = False) -> Tuple[Dict[str, str], int]:
     """Writes ``mask_dir/<case><file_ending>`` for every case (validating every image it reads).
 
     Args:
         cases: ``{case: [image path]}`` as from :func:`list_training_cases`.
         reuse: keep masks newer than their image from an earlier run.
+        allow_non_ct: accept images whose intensities do not look like CT in HU.
 
     Returns:
         ``{case: mask path}`` and the number of masks written now.
@@ -166,7 +173,7 @@ def write_body_masks(cases: Dict[str, List[str]], mask_dir: Path, dataset_json: 
     # chosen by file ending (no trial read), so a broken first image is reported by name below
     rw_class = determine_reader_writer_from_dataset_json(dataset_json, None, verbose=False)
     masks = {case: str(body_mask_path(mask_dir, case, ending)) for case in cases}
-    todo = [(images[0], masks[case], rw_class, threshold_hu) for case, images in cases.items()
+    todo = [(images[0], masks[case], rw_class, threshold_hu, allow_non_ct) for case, images in cases.items()
             if not (reuse and _mask_is_current(Path(masks[case]), images[0]))]
     if todo:
         run_with_progress(write_body_mask, todo, num_processes, "Body masks (validating images)")

@@ -124,6 +124,7 @@ class ScreenerTrainerBase(nnUNetTrainer):
         self.screener_config = config_from_plans(self.plans_manager.plans)
         self.schedule = Schedule.from_section(getattr(self.screener_config, self.config_section),
                                               self.config_section)
+        self._check_preprocessed_data()
         self._move_to_stage_folder()
 
         self.initial_lr = self.schedule.learning_rate
@@ -149,17 +150,35 @@ class ScreenerTrainerBase(nnUNetTrainer):
         return ScreenerPlans(self.plans_manager.dataset_name, self.plans_manager.plans_name,
                              self.plans_manager.plans, self.dataset_json, self.screener_config)
 
-    def _move_to_stage_folder(self) -> None:
-        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (docs/design.md C10)."""
+    def _remove_nnunet_folder(self) -> None:
+        """Removes nnU-Net's ``Trainer__plans__config/fold_x`` folder (created by nnUNetTrainer.__init__, never
+        used) and its parent when they are empty."""
         nnunet_folder = Path(self.output_folder)
-        folder = paths.stage_folder(self.plans_manager.dataset_name, self.stage, self.variant,
-                                    self.plans_manager.plans_name)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.output_folder_base = self.output_folder = str(folder)
-        self.log_file = str(folder / Path(self.log_file).name)
-        for empty in (nnunet_folder, nnunet_folder.parent):  # created by nnUNetTrainer.__init__, left empty
+        for empty in (nnunet_folder, nnunet_folder.parent):
             with contextlib.suppress(OSError):
                 empty.rmdir()
+
+    def _check_preprocessed_data(self) -> None:
+        """Raises ScreenerError (leaving no folder behind) when the plans' preprocessed cases are missing."""
+        folder = Path(self.preprocessed_dataset_folder)
+        if not folder.is_dir():
+            self._remove_nnunet_folder()
+            with contextlib.suppress(OSError):
+                Path(self.output_folder).parent.parent.rmdir()  # the dataset's results folder, if this made it
+            raise ScreenerError(
+                f"the preprocessed cases of plans {self.plans_manager.plans_name!r} are missing: {folder} does not "
+                f"exist; run nnScreener_plan_and_preprocess -d {self.plans_manager.dataset_name} (with the same "
+                f"preset) first")
+
+    def _move_to_stage_folder(self) -> None:
+        """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (docs/design.md C10)."""
+        folder = paths.stage_folder(self.plans_manager.dataset_name, self.stage, self.variant,
+                                    self.plans_manager.plans_name)
+        self._new_stage_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._remove_nnunet_folder()
+        self.output_folder_base = self.output_folder = str(folder)
+        self.log_file = str(folder / Path(self.log_file).name)
         pending, self._pending_log = self._pending_log, None
         for args, kwargs in pending:
             self.print_to_log_file(*args, **kwargs)
@@ -322,12 +341,25 @@ class ScreenerTrainerBase(nnUNetTrainer):
         self.current_epoch += 1
 
     def run_training(self) -> None:
-        """nnU-Net's loop; if it stops on an error (e.g. the NaN guard), the loader's workers are shut down."""
+        """nnU-Net's loop; if it stops on an error (e.g. the NaN guard), the loader's workers are shut down and a
+        stage folder this run created is removed when no checkpoint reached it."""
         try:
             super().run_training()
         except BaseException:
             self._close_loader()
+            self._remove_stage_folder_without_checkpoint()
             raise
+
+    def _remove_stage_folder_without_checkpoint(self) -> None:
+        """Removes the stage folder when this run created it and no checkpoint reached it (an early failure leaves
+        only copies of the plans and a log of the lead-up to the error, not a run), and the then empty dataset
+        results folder."""
+        folder = Path(self.output_folder)
+        if self.local_rank != 0 or not self._new_stage_folder or any(folder.glob("checkpoint_*.pth")):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # the dataset's results folder, when nothing else is in it
 
     def on_train_end(self) -> None:
         super().on_train_end()
@@ -359,7 +391,12 @@ class ScreenerTrainerBase(nnUNetTrainer):
         check_compatible(checkpoint, source, self.stage, self.screener_config)
         restore_checkpoint(self, checkpoint)
         self._sync_epochs_with_iterations()
-        self.print_to_log_file(f"resumed from {source} at iteration {self.iteration}")
+        if self.iteration >= self.schedule.num_iterations:
+            self.print_to_log_file(
+                f"nothing to continue: {self.output_folder} already finished its {self.schedule.num_iterations} "
+                f"iterations ({source}); pass --overwrite to train it again")
+        else:
+            self.print_to_log_file(f"resumed from {source} at iteration {self.iteration}")
 
 
 def per_rank_batch_size(batch: int, section: str, world_size: int) -> int:

@@ -22,9 +22,11 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> List[Dict[str, Any]]:
     """Replaces the library function with a recorder of its arguments."""
     recorded: List[Dict[str, Any]] = []
 
-    def fake(dataset, config=None, num_processes=1, verify_dataset_integrity=False, clean=False, plans_name=None):
+    def fake(dataset, config=None, num_processes=1, verify_dataset_integrity=False, clean=False, plans_name=None,
+             allow_non_ct=False):
         recorded.append(dict(dataset=dataset, config=config, num_processes=num_processes,
-                             verify_dataset_integrity=verify_dataset_integrity, clean=clean, plans_name=plans_name))
+                             verify_dataset_integrity=verify_dataset_integrity, clean=clean, plans_name=plans_name,
+                             allow_non_ct=allow_non_ct))
 
     monkeypatch.setattr(cli, "plan_and_preprocess", fake)
     return recorded
@@ -32,11 +34,11 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> List[Dict[str, Any]]:
 
 def test_flags_reach_the_library_function(calls):
     assert cli.main(["-d", "500", "-np", "3", "--preset", "cpu", "--set", "preprocessing.clahe_clip_limit=0.03",
-                     "--verify_dataset_integrity", "--clean", "-p", "MyPlans"]) == 0
+                     "--verify_dataset_integrity", "--clean", "-p", "MyPlans", "--allow_non_ct"]) == 0
     (call,) = calls
     config = call.pop("config")
     assert call == dict(dataset="500", num_processes=3, verify_dataset_integrity=True, clean=True,
-                        plans_name="MyPlans")
+                        plans_name="MyPlans", allow_non_ct=True)
     assert config.preset == "cpu" and config.preprocessing.clahe_clip_limit == 0.03
 
 
@@ -45,6 +47,7 @@ def test_defaults(calls):
     (call,) = calls
     assert call["config"].preset == "default" and call["num_processes"] >= 1
     assert not call["verify_dataset_integrity"] and not call["clean"] and call["plans_name"] is None
+    assert not call["allow_non_ct"]
 
 
 def test_error_is_one_line_with_exit_code_1(monkeypatch, capsys):

@@ -2,6 +2,7 @@
 import copy
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +72,10 @@ def test_predicts_scans_in_their_own_geometry_and_skips_finished_ones(plans, tmp
     common = ("-i", scans, "-o", out, "-d", DATASET_ID, "-p", plans.plans_name, "-device", "cpu",
               "-npp", 0, "-nps", 0)
 
-    code, stdout, _ = _run(capsys, *common, "--save_png")
+    code, stdout, stderr = _run(capsys, *common, "--save_png")
     assert code == 1  # one case failed
-    assert "2 predicted" in stdout and "FAILED ct_c" in stdout and "ct_c.mha" in stdout
+    assert "2 predicted" in stdout and "FAILED" not in stdout
+    assert "FAILED ct_c" in stderr and "ct_c.mha" in stderr
     for case, source in (("ct_a", "ct_a.nii.gz"), ("ct_b", "ct_b.nrrd")):
         written, original = sitk.ReadImage(str(out / f"{case}.nii.gz")), sitk.ReadImage(str(scans / source))
         assert written.GetPixelID() == sitk.sitkFloat32
@@ -124,3 +126,51 @@ def test_help_lists_the_variant_choices(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "masking,sincos,none" in text and "flow,gaussian" in text and "uniform,gaussian" in text
+
+
+def test_truncated_and_non_ct_scans_fail_by_name_unless_non_ct_is_allowed(plans, tmp_path, capsys):
+    write_untrained_density_folder(plans)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_ct(scans / "good.nii.gz")
+    write_ct(scans / "cut.nii.gz")
+    whole = (scans / "cut.nii.gz").read_bytes()
+    (scans / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    mri = sitk.GetImageFromArray(np.random.default_rng(0).uniform(0, 1, (18, 40, 36)).astype(np.float32))
+    mri.SetSpacing(SPACING_XYZ)
+    sitk.WriteImage(mri, str(scans / "mri.nii.gz"))
+    out = tmp_path / "maps"
+    common = ("-i", scans, "-o", out, "-d", DATASET_ID, "-p", plans.plans_name, "-device", "cpu",
+              "-npp", 0, "-nps", 0)
+
+    code, stdout, stderr = _run(capsys, *common)
+    assert code == 1 and "1 predicted" in stdout and "2 failed" in stdout
+    assert f"FAILED cut: cannot read image {scans / 'cut.nii.gz'}: truncated" in stderr
+    assert f"FAILED mri: {scans / 'mri.nii.gz'} does not look like a CT" in stderr and "--allow_non_ct" in stderr
+    assert not (out / "cut.nii.gz").exists() and not (out / "mri.nii.gz").exists()
+
+    code, stdout, stderr = _run(capsys, *common, "--allow_non_ct")
+    assert code == 1 and "1 predicted, 1 skipped" in stdout and "FAILED cut" in stderr and "mri" not in stderr, stderr
+    assert (out / "mri.nii.gz").is_file()
+
+
+def test_an_output_path_that_is_a_file_or_not_writable_is_one_error_line(plans, tmp_path, capsys):
+    write_untrained_density_folder(plans)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_ct(scans / "good.nii.gz")
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    # root writes anywhere chmod forbids; sysfs refuses new files even to root
+    unwritable = locked if os.geteuid() != 0 else Path("/sys")
+    for out, message in ((a_file, f"output path {a_file} is a file"),
+                         (unwritable, f"output folder {unwritable} is not writable"),
+                         (a_file / "below", f"output folder {a_file / 'below'} is not writable")):
+        code, stdout, stderr = _run(capsys, "-i", scans, "-o", out, "-d", DATASET_ID, "-p", plans.plans_name,
+                                    "-device", "cpu", "-npp", 0, "-nps", 0)
+        assert code == 1 and stderr.startswith(f"nnScreener_predict: error: {message}"), stderr
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    locked.chmod(0o700)

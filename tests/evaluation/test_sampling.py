@@ -175,3 +175,15 @@ def test_volume_files_by_case(tmp_path: Path):
         volume_files_by_case(tmp_path, channel_suffix="_0000")
     with pytest.raises(ScreenerError, match="does not exist"):
         volume_files_by_case(tmp_path / "missing")
+
+
+def test_geometry_message_names_the_map_and_gives_its_values_before_the_labels():
+    from nnscreener.evaluation.sampling import check_same_geometry
+
+    label = sitk.Image(4, 5, 6, sitk.sitkUInt8)
+    anomaly_map = sitk.Image(4, 5, 6, sitk.sitkFloat32)
+    anomaly_map.SetSpacing((1.0, 1.0, 2.0))
+    with pytest.raises(ScreenerError) as info:
+        check_same_geometry(label, anomaly_map, "c", "label", Path("l/c.nii.gz"), "anomaly map", Path("m/c.nii.gz"))
+    assert str(info.value) == ("case c: the anomaly map m/c.nii.gz does not match the geometry of the label "
+                               "l/c.nii.gz; spacing (x, y, z, mm): anomaly map (1.0, 1.0, 2.0), label (1.0, 1.0, 1.0)")

@@ -1,4 +1,5 @@
 import copy
+import json
 import dataclasses
 import math
 import os
@@ -14,7 +15,8 @@ from torch import nn
 
 from nnscreener.errors import ScreenerError
 from nnscreener.inference.input_files import InputCase
-from nnscreener.inference.predictor import PREVIEW_FOLDER, SETTINGS_FILE, ScreenerPredictor
+from nnscreener.inference.predictor import (PREVIEW_FOLDER, SETTINGS_FILE, ScreenerPredictor, prepare_output_folder,
+                                           record_settings)
 from nnscreener.inference.sliding_window import blending_weights, iter_windows
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 
@@ -198,15 +200,19 @@ def test_predict_from_files_writes_maps_reports_bad_cases_and_skips_finished_one
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "good1.nii.gz")))
     np.testing.assert_array_equal(predictor.predict_case([scans / "good1_0000.nii.gz"]), written)
 
-    # a rerun skips finished maps (never touching them) and retries the failed cases
+    # a rerun skips finished maps (never touching them, nor the settings that describe them) and retries the
+    # failed cases
     os.utime(out / "good1.nii.gz", (0, 0))
-    again = predictor.predict_from_files(scans, out)
+    settings = (out / SETTINGS_FILE).read_bytes()
+    assert [run["cases"] for run in json.loads(settings)["runs"]] == [["good1", "good2"]]
+    again = _predictor(plans, PointwiseModel(pool_zyx=(2, 3, 2)), batch_size=3).predict_from_files(scans, out)
     assert sorted(again.skipped) == ["good1", "good2"] and again.predicted == []
     assert sorted(again.failed) == ["broken", "flat"]
-    assert (out / "good1.nii.gz").stat().st_mtime == 0
+    assert (out / "good1.nii.gz").stat().st_mtime == 0 and (out / SETTINGS_FILE).read_bytes() == settings
     redone = predictor.predict_from_files([InputCase("good1", (str(scans / "good1_0000.nii.gz"),))], out,
                                           overwrite=True)
     assert redone.predicted == ["good1"] and (out / "good1.nii.gz").stat().st_mtime > 0
+    assert (out / SETTINGS_FILE).read_bytes() == settings  # same settings: the same record
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "good1.nii.gz"))), written)
 
 
@@ -221,3 +227,17 @@ def test_worker_processes_give_the_same_maps_and_parts_split_the_job(plans, scan
     assert (second.predicted, sorted(second.failed)) == (["good2"], ["flat"])
     from_workers = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "workers" / "good2.nii.gz")))
     np.testing.assert_array_equal(inline.predict_case([scans / "good2_0000.nii.gz"]), from_workers)
+
+
+def test_settings_record_which_settings_wrote_which_maps(tmp_path):
+    path = tmp_path / SETTINGS_FILE
+    record_settings(path, {"step_size": 0.5}, [])
+    assert not path.exists()  # nothing written, nothing recorded
+    record_settings(path, {"step_size": 0.5, "patch": (2, 3)}, ["a", "b", "c"])
+    record_settings(path, {"step_size": 0.25, "patch": (2, 3)}, ["b"])
+    record_settings(path, {"step_size": 0.5, "patch": (2, 3)}, ["d"])
+    runs = json.loads(path.read_text())["runs"]
+    assert runs == [{"step_size": 0.5, "patch": [2, 3], "cases": ["a", "c", "d"]},
+                    {"step_size": 0.25, "patch": [2, 3], "cases": ["b"]}]
+    record_settings(path, {"step_size": 0.125}, ["a", "b", "c", "d"])  # every map replaced: one run remains
+    assert json.loads(path.read_text())["runs"] == [{"step_size": 0.125, "cases": ["a", "b", "c", "d"]}]

@@ -149,3 +149,49 @@ def test_missing_image_listed_in_dataset_json_is_named(nnunet_env):
 def test_numtraining_mismatch_is_reported(nnunet_env):
     write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], dataset_json={"numTraining": 5})
     assert "numTraining=5" in _error()
+
+
+def test_truncated_image_is_named_and_nothing_is_written(nnunet_env):
+    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"])
+    cut = raw / "imagesTr" / "case02_0000.nii.gz"
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    line = _error(config=CPU, num_processes=1)
+    assert f"cannot read image {cut}: truncated" in line
+    _assert_nothing_written(nnunet_env)
+
+
+def test_non_ct_image_is_named_unless_allowed(nnunet_env):
+    raw = write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], n_cases=1,
+                                    dataset_json={"file_ending": ".nii.gz", "numTraining": 2})
+    photo = np.clip(phantom_hu().astype(np.int32) // 8 + 128, 0, 255).astype(np.uint8)
+    write_ct(raw / "imagesTr" / "photo_0000.nii.gz", photo)
+    line = _error(config=CPU, num_processes=1)
+    assert f"{raw / 'imagesTr' / 'photo_0000.nii.gz'} does not look like a CT" in line and "8-bit" in line
+    _assert_nothing_written(nnunet_env)
+    from nnscreener.planning.pipeline import load_raw_dataset, stage_inputs, staging_for
+
+    raw_json, cases = load_raw_dataset(raw.name)
+    staging = staging_for(raw.name, clean=True)
+    stage_inputs(staging, raw_json, cases, CPU, 1, clean=True, allow_non_ct=True)  # the body masks are written
+    assert (staging.mask_dir / "photo.nii.gz").is_file()
+
+
+def test_staging_folders_of_dead_runs_are_removed_and_the_final_plans_path_is_printed(nnunet_env, capsys):
+    import subprocess
+    import sys
+
+    from nnscreener.planning.pipeline import STAGING_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = Path(nnunet_env["nnUNet_preprocessed"])
+    stale = root / f"{STAGING_PREFIX}{int(dead.stdout)}_Dataset500_Phantom"
+    live = root / f"{STAGING_PREFIX}1_Dataset501_Other"  # pid 1 is always alive
+    for folder in (stale, live):
+        (folder / "Dataset500_Phantom").mkdir(parents=True)
+    write_phantom_raw_dataset(nnunet_env["nnUNet_raw"])
+    plans_path = plan_and_preprocess(500, CPU, num_processes=1)
+    assert not stale.exists() and live.is_dir()
+    out = capsys.readouterr().out
+    assert f"Plans: {plans_path}" in out and STAGING_PREFIX not in out.replace(f"Removed {stale}", "")
+    assert plans_path == root / "Dataset500_Phantom" / "nnScreenerPlans_cpu.json" and plans_path.is_file()

@@ -190,10 +190,14 @@ def test_bad_images_raise_errors_naming_the_file(planned, tmp_path, kind, messag
         write_ct(path, phantom_hu()[10], PHANTOM_SPACING_XYZ[:2])
     elif kind == "garbage":
         path.write_bytes(b"this is not a NIfTI file")
-    elif kind == "tiny":
-        write_ct(path, np.full((6, 12, 12), 40, np.int16), (1.0, 1.0, 1.0))
-    elif kind == "air":
-        write_ct(path, np.full((20, 40, 40), -1000, np.int16))
+    elif kind == "tiny":  # air and soft tissue, as a CT has, but too small
+        tiny = np.full((6, 12, 12), 40, np.int16)
+        tiny[:, :3] = -1000
+        write_ct(path, tiny, (1.0, 1.0, 1.0))
+    elif kind == "air":  # soft-tissue voxels scattered in air: CT-like values, but no dense block
+        air = np.full((20, 40, 40), -1000, np.int16)
+        air[::4, ::4, ::4] = 40
+        write_ct(path, air)
     with pytest.raises(ScreenerError, match=message) as info:
         preprocess_case([str(path)], plans)
     assert str(path) in str(info.value)
@@ -204,3 +208,23 @@ def test_non_ct_plans_are_rejected(planned):
     plans.dataset_json = {**plans.dataset_json, "channel_names": {"0": "MRI"}}
     with pytest.raises(ScreenerError, match="single CT channel"):
         preprocess_case([_image(env)], plans)
+
+
+@pytest.mark.parametrize("spacing_xyz", [(300.0, 300.0, 300.0), (1.5, 1.5, 30.0), (0.01, 1.5, 2.5)])
+def test_spacing_far_outside_ct_is_refused_before_resampling(planned, tmp_path, spacing_xyz):
+    plans, _ = planned
+    path = write_ct(tmp_path / "huge_0000.nii.gz", phantom_hu(), spacing_xyz)
+    with pytest.raises(ScreenerError, match="outside CT's range") as info:
+        preprocess_case([str(path)], plans)
+    assert str(path) in str(info.value)
+
+
+def test_resampled_size_is_bounded_before_any_allocation(planned, tmp_path, monkeypatch):
+    from nnscreener.planning import preprocessor
+
+    plans, _ = planned
+    path = write_ct(tmp_path / "big_0000.nii.gz", phantom_hu(), (10.0, 10.0, 10.0))
+    monkeypatch.setattr(preprocessor, "MAX_PREPROCESSED_VOXELS", 10_000)
+    with pytest.raises(ScreenerError, match="more than the limit of 10,000") as info:
+        preprocess_case([str(path)], plans)
+    assert str(path) in str(info.value)
