@@ -52,6 +52,8 @@ from nnscreener.checkpoints import LATEST_CHECKPOINT
 from nnscreener.config import ScreenerConfig
 from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans, config_from_plans
+from nnscreener.trainers.folders import (remove_nnunet_folder, remove_stage_folder_without_checkpoint,
+                                         require_preprocessed_data)
 from nnscreener.trainers.progress import plot_progress, progress_line
 from nnscreener.trainers.schedule import Schedule, build_optimizer
 from nnscreener.trainers.seeding import run_seed, seed_everything
@@ -124,7 +126,8 @@ class ScreenerTrainerBase(nnUNetTrainer):
         self.screener_config = config_from_plans(self.plans_manager.plans)
         self.schedule = Schedule.from_section(getattr(self.screener_config, self.config_section),
                                               self.config_section)
-        self._check_preprocessed_data()
+        require_preprocessed_data(Path(self.preprocessed_dataset_folder), Path(self.output_folder),
+                                  self.plans_manager.plans_name, self.plans_manager.dataset_name)
         self._move_to_stage_folder()
 
         self.initial_lr = self.schedule.learning_rate
@@ -150,33 +153,13 @@ class ScreenerTrainerBase(nnUNetTrainer):
         return ScreenerPlans(self.plans_manager.dataset_name, self.plans_manager.plans_name,
                              self.plans_manager.plans, self.dataset_json, self.screener_config)
 
-    def _remove_nnunet_folder(self) -> None:
-        """Removes nnU-Net's ``Trainer__plans__config/fold_x`` folder (created by nnUNetTrainer.__init__, never
-        used) and its parent when they are empty."""
-        nnunet_folder = Path(self.output_folder)
-        for empty in (nnunet_folder, nnunet_folder.parent):
-            with contextlib.suppress(OSError):
-                empty.rmdir()
-
-    def _check_preprocessed_data(self) -> None:
-        """Raises ScreenerError (leaving no folder behind) when the plans' preprocessed cases are missing."""
-        folder = Path(self.preprocessed_dataset_folder)
-        if not folder.is_dir():
-            self._remove_nnunet_folder()
-            with contextlib.suppress(OSError):
-                Path(self.output_folder).parent.parent.rmdir()  # the dataset's results folder, if this made it
-            raise ScreenerError(
-                f"the preprocessed cases of plans {self.plans_manager.plans_name!r} are missing: {folder} does not "
-                f"exist; run nnScreener_plan_and_preprocess -d {self.plans_manager.dataset_name} (with the same "
-                f"preset) first")
-
     def _move_to_stage_folder(self) -> None:
         """Replaces nnU-Net's ``Trainer__plans__config/fold_x`` folder with the stage folder (docs/design.md C10)."""
         folder = paths.stage_folder(self.plans_manager.dataset_name, self.stage, self.variant,
                                     self.plans_manager.plans_name)
         self._new_stage_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        self._remove_nnunet_folder()
+        remove_nnunet_folder(Path(self.output_folder))
         self.output_folder_base = self.output_folder = str(folder)
         self.log_file = str(folder / Path(self.log_file).name)
         pending, self._pending_log = self._pending_log, None
@@ -213,13 +196,7 @@ class ScreenerTrainerBase(nnUNetTrainer):
         self.was_initialized = True
 
     def num_loader_workers(self) -> int:
-        """Background loader processes: nnU-Net's ``nnUNet_n_proc_DA`` rule on a GPU; on a CPU one process, which
-        already outpaces the step (benchmarks/train_step.py) without taking cores from the network."""
-        if self.device.type == "cuda":
-            from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
-            return get_allowed_n_proc_DA()
-        return 1
+        return loader_processes(self.device)
 
     def configure_optimizers(self):
         return build_optimizer(self.trainable_parameters(), self.schedule)
@@ -347,19 +324,9 @@ class ScreenerTrainerBase(nnUNetTrainer):
             super().run_training()
         except BaseException:
             self._close_loader()
-            self._remove_stage_folder_without_checkpoint()
+            if self.local_rank == 0 and self._new_stage_folder:
+                remove_stage_folder_without_checkpoint(Path(self.output_folder))
             raise
-
-    def _remove_stage_folder_without_checkpoint(self) -> None:
-        """Removes the stage folder when this run created it and no checkpoint reached it (an early failure leaves
-        only copies of the plans and a log of the lead-up to the error, not a run), and the then empty dataset
-        results folder."""
-        folder = Path(self.output_folder)
-        if self.local_rank != 0 or not self._new_stage_folder or any(folder.glob("checkpoint_*.pth")):
-            return
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # the dataset's results folder, when nothing else is in it
 
     def on_train_end(self) -> None:
         super().on_train_end()
@@ -397,6 +364,16 @@ class ScreenerTrainerBase(nnUNetTrainer):
                 f"iterations ({source}); pass --overwrite to train it again")
         else:
             self.print_to_log_file(f"resumed from {source} at iteration {self.iteration}")
+
+
+def loader_processes(device: torch.device) -> int:
+    """Background loader processes: nnU-Net's ``nnUNet_n_proc_DA`` rule on a GPU; on a CPU one process, which
+    already outpaces the step (benchmarks/train_step.py) without taking cores from the network."""
+    if device.type == "cuda":
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        return get_allowed_n_proc_DA()
+    return 1
 
 
 def per_rank_batch_size(batch: int, section: str, world_size: int) -> int:

@@ -15,8 +15,7 @@ from torch import nn
 
 from nnscreener.errors import ScreenerError
 from nnscreener.inference.input_files import InputCase
-from nnscreener.inference.predictor import (PREVIEW_FOLDER, SETTINGS_FILE, ScreenerPredictor, prepare_output_folder,
-                                           record_settings)
+from nnscreener.inference.predictor import PREVIEW_FOLDER, SETTINGS_FILE, ScreenerPredictor, record_settings
 from nnscreener.inference.sliding_window import blending_weights, iter_windows
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 
