@@ -26,10 +26,11 @@ DEMO_PRESET = "cpu"
 DEMO_PLANS = "nnScreenerPlans_cpu"
 DEFAULT_MINUTES = 20.0
 # Training iterations per stage at the default budget. Measured on 2 CPU cores (benchmarks/RESULTS.md): 180 / 180 /
-# 240 took 17.8 min on a quiet machine (SSL ~1.9-2.0 s, density ~0.65 s per iteration); 200 / 200 / 300 took 23 min
-# while a benchmark shared the cores, so the default leaves that much room within DEFAULT_MINUTES.
+# 240 took 9.4 min in all on a quiet machine (2026-12-01: descriptor 203 s, condition 156 s, density 82 s, prediction
+# 81 s; 17.8 min on 2026-11-29 with the previous code, descriptor 340 s, condition 367 s); the default leaves room
+# within DEFAULT_MINUTES for a busier machine.
 BASE_ITERATIONS = {"descriptor": 180, "condition": 180, "density": 240}
-FIXED_MINUTES = 5.0  # generation, preprocessing, prediction, floors, evaluation: 3.3 min quiet, 4 min on busy cores
+FIXED_MINUTES = 5.0  # generation, preprocessing, prediction, floors, evaluation: 2-3.3 min quiet, 4 min on busy cores
 MODEL_NAME = "Screener (masking + flow)"
 
 
