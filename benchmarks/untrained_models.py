@@ -35,7 +35,7 @@ def write_untrained_models(dataset: str, plans_name: str, seed: int) -> List[Pat
     folders = []
     for stage in ("descriptor", "condition"):
         in_channels = stages.input_channels(stage)
-        masked_input = stage == "condition"  # as ConditionTrainer builds it: mask token, condition configuration
+        masked_input = stages.masked_input(stage)  # as the trainer builds it: mask token, condition configuration
         folder = paths.stage_folder(plans.dataset_name, stage, variant, plans.plans_name)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "plans.json").write_text(json.dumps(plans.plans, indent=2))

@@ -24,12 +24,15 @@ class Stage:
         is_ssl: whether it is a dense SSL stage (trains a DenseFeatureNet; config section ``ssl``).
         in_channels: input channels of the network it trains (1: the image; 2: the masked image and the mask),
             or None for the density stage.
+        masked_input: whether that network is trained on block-masked views, with the mask as its last input
+            channel (the condition model: built from the plans' condition configuration with a mask token).
     """
 
     name: str
     trainer: str
     is_ssl: bool
     in_channels: Optional[int]
+    masked_input: bool = False
 
     def trainer_class(self) -> Type:
         """The trainer class (a ``ScreenerTrainerBase`` subclass), imported now."""
@@ -39,7 +42,8 @@ class Stage:
 
 STAGES: Dict[str, Stage] = {
     "descriptor": Stage("descriptor", "nnscreener.trainers.ssl:DescriptorTrainer", is_ssl=True, in_channels=1),
-    "condition": Stage("condition", "nnscreener.trainers.ssl:ConditionTrainer", is_ssl=True, in_channels=2),
+    "condition": Stage("condition", "nnscreener.trainers.ssl:ConditionTrainer", is_ssl=True, in_channels=2,
+                       masked_input=True),
     "density": Stage("density", "nnscreener.trainers.density:DensityTrainer", is_ssl=False, in_channels=None),
 }
 STAGE_NAMES = tuple(STAGES)
@@ -64,6 +68,11 @@ def input_channels(name: str) -> int:
     if stage.in_channels is None:
         raise ScreenerError(f"stage {name!r} trains no dense feature network")
     return stage.in_channels
+
+
+def masked_input(name: str) -> bool:
+    """Whether the network of an SSL stage sees block-masked views and the mask (the condition model)."""
+    return get_stage(name).masked_input
 
 
 def ssl_variant(objective: str, embedding_dim: int) -> str:

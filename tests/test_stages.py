@@ -37,3 +37,10 @@ def test_folder_names_and_variants():
 def test_stage_folder_rejects_unknown_stages(nnunet_env):
     with pytest.raises(ScreenerError, match="unknown stage 'detector'"):
         paths.stage_folder(1, "detector", "v")
+
+
+def test_only_the_condition_network_sees_masked_views():
+    assert stages.masked_input("condition") and not stages.masked_input("descriptor")
+    from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer
+
+    assert ConditionTrainer.masking and not DescriptorTrainer.masking

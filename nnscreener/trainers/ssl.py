@@ -118,7 +118,7 @@ class DescriptorTrainer(SSLTrainerBase):
 
     stage = "descriptor"
     in_channels = stages.input_channels(stage)
-    masking = False
+    masking = stages.masked_input(stage)
 
 
 class ConditionTrainer(SSLTrainerBase):
@@ -127,7 +127,7 @@ class ConditionTrainer(SSLTrainerBase):
 
     stage = "condition"
     in_channels = stages.input_channels(stage)
-    masking = True
+    masking = stages.masked_input(stage)
 
     def network_input(self, view: Tensor, mask: Tensor) -> Tensor:
         """(B, 2, Z, Y, X): the masked view and the mask (1 visible, 0 masked)."""
