@@ -29,6 +29,9 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "infonce": ConfigSpec("InfoNCE objective instead of VICReg", train_args=("--objective", "infonce")),
     "wide": ConfigSpec(f"wider UNet: network.base_num_features={2 * _WIDTH} (preset {_WIDTH})",
                        plan_set=(f"network.base_num_features={2 * _WIDTH}",)),
+    "desc_layernorm": ConfigSpec("descriptor with a per-voxel LayerNorm over channels (network.descriptor_norm=layer) "
+                                 "instead of InstanceNorm over the crop",
+                                 plan_set=("network.descriptor_norm=layer",)),
     "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false)", plan_set=("preprocessing.use_clahe=false",)),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),

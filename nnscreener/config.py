@@ -24,6 +24,7 @@ OBJECTIVES = ("vicreg", "infonce")
 CONDITIONS = ("masking", "sincos", "none")
 DENSITIES = ("flow", "gaussian")
 BLENDINGS = ("uniform", "gaussian")
+DESCRIPTOR_NORMS = ("instance", "layer")
 
 
 def _zyx(v: Tuple) -> Tuple:
@@ -60,6 +61,10 @@ class NetworkConfig:
     base_num_features: int = 32  # channels of the first stage; doubled per stage
     max_num_features: int = 320  # cap on channels per stage
     embedding_dim: int = 32  # d: channels of the descriptor / condition maps
+    # the descriptor's normalisation: "instance" (nnU-Net's InstanceNorm, statistics over the whole crop) or
+    # "layer" (per-voxel LayerNorm over channels, as the authors' ConvNeXt descriptor; docs/method-notes.md 2.4).
+    # The condition network always uses "layer" (nnscreener/networks/norms.py).
+    descriptor_norm: str = "instance"
 
     @property
     def patch_size_zyx(self) -> IntXYZ:
@@ -315,6 +320,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.density.condition, CONDITIONS, "density.condition"),
         (cfg.density.density, DENSITIES, "density.density"),
         (cfg.inference.blending, BLENDINGS, "inference.blending"),
+        (cfg.network.descriptor_norm, DESCRIPTOR_NORMS, "network.descriptor_norm"),
     )
     for value, allowed, name in checks:
         if value not in allowed:

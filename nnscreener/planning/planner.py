@@ -30,15 +30,21 @@ PREPROCESSOR_NAME = "ScreenerPreprocessor"
 NO_VRAM_LIMIT_GB = 1e9  # keeps nnU-Net's planner from shrinking the configured patch
 
 
+def with_channel_layer_norm(architecture: dict) -> dict:
+    """A copy of a plans ``architecture`` block whose norm_op is the per-voxel LayerNorm over channels
+    (:mod:`nnscreener.networks.norms`) instead of InstanceNorm; the topology is unchanged."""
+    architecture = json.loads(json.dumps(architecture))
+    architecture["arch_kwargs"]["norm_op"] = f"{ChannelLayerNorm3d.__module__}.{ChannelLayerNorm3d.__name__}"
+    architecture["arch_kwargs"]["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}
+    return architecture
+
+
 def condition_configuration(fullres: dict) -> dict:
     """The condition network's configuration: ``3d_fullres`` (same data and topology) with a per-voxel LayerNorm
     in place of InstanceNorm, so masking elsewhere in the crop does not shift a voxel's features
     (:mod:`nnscreener.networks.norms`). nnU-Net resolves ``inherits_from`` with a shallow update, so the whole
     ``architecture`` block is repeated."""
-    architecture = json.loads(json.dumps(fullres["architecture"]))
-    architecture["arch_kwargs"]["norm_op"] = f"{ChannelLayerNorm3d.__module__}.{ChannelLayerNorm3d.__name__}"
-    architecture["arch_kwargs"]["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}
-    return {"inherits_from": paths.CONFIGURATION, "architecture": architecture}
+    return {"inherits_from": paths.CONFIGURATION, "architecture": with_channel_layer_norm(fullres["architecture"])}
 
 
 def plans_name_for_preset(preset: str) -> str:
@@ -127,6 +133,8 @@ class ScreenerPlanner(ExperimentPlanner):
         plan = self.get_plans_for_configuration(spacing, median_shape,
                                                 self.generate_data_identifier(paths.CONFIGURATION), n_voxels, {})
         plan["batch_dice"] = False
+        if self.config.network.descriptor_norm == "layer":
+            plan["architecture"] = with_channel_layer_norm(plan["architecture"])
         plans = {
             "dataset_name": self.dataset_name,
             "plans_name": self.plans_identifier,

@@ -83,3 +83,19 @@ def test_patch_that_nnunet_would_change_is_rejected(nnunet_env):
 def test_plans_names():
     assert plans_name_for_preset("default") == "nnScreenerPlans"
     assert plans_name_for_preset("cpu") == "nnScreenerPlans_cpu"
+
+
+def test_descriptor_norm_layer_plans_the_per_voxel_norm_for_the_descriptor(nnunet_env):
+    plan_phantom_dataset(nnunet_env, preset="cpu", overrides={"network": {"descriptor_norm": "layer"}})
+    plans = _plans_file(nnunet_env, "nnScreenerPlans_cpu")
+    manager = PlansManager(plans)
+    descriptor = manager.get_configuration("3d_fullres").network_arch_init_kwargs
+    condition = manager.get_configuration("3d_fullres_condition").network_arch_init_kwargs
+    assert descriptor["norm_op"] == condition["norm_op"] == "nnscreener.networks.norms.ChannelLayerNorm3d"
+    assert descriptor == condition
+
+
+def test_unknown_descriptor_norm_is_rejected():
+    from nnscreener.config import merge, validate
+    with pytest.raises(ScreenerError, match="network.descriptor_norm"):
+        validate(merge(get_preset("cpu"), {"network": {"descriptor_norm": "batch"}}))
