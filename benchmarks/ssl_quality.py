@@ -12,6 +12,11 @@
    as two random voxels), averaged over the masked voxels and over the visible ones. The condition model gets
    ``(image * mask, mask)`` (unmasked: ``(image, 1)``), the descriptor ``image * mask``. A condition model that
    learned what training asks of it changes much less than the descriptor, above all at visible voxels.
+3. **Crop consistency.** What makes the sliding window's overlapping patches disagree (seams in the map): each
+   view is cut into two crops along x, the first and the last ``crop_share`` of it (rounded to the network's total
+   stride), and the features of the voxels in their overlap are compared, ``||f(crop A)[v] - f(crop B)[v]||`` in
+   the same unit. A per-voxel feature depends on the crop only through the receptive field that the crop's edge
+   cuts; normalisation over the crop (InstanceNorm) adds a shift that depends on everything in the crop.
 
 Usage (from the repository root):
 
@@ -30,7 +35,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -92,6 +97,33 @@ def masking_probe(nets: Mapping[str, torch.nn.Module], views: Sequence[torch.Ten
                                                     scale[name]).items():
                     out[name][where].append(value)
     return {k: {where: float(np.nanmean(v)) for where, v in d.items()} for k, d in out.items()}
+
+
+def overlapping_crops(width: int, stride: int, crop_share: float = 2 / 3) -> Tuple[slice, slice, slice, slice]:
+    """Two crops of ``[0, width)`` along one axis, ``[0, w)`` and ``[width - w, width)`` with ``w`` the multiple of
+    ``stride`` nearest ``crop_share * width``; returns (crop A, crop B, overlap within A, overlap within B)."""
+    w = max(stride, int(round(crop_share * width / stride)) * stride)
+    if w >= width:
+        raise ValueError(f"a crop of {w} voxels does not leave an offset inside {width} (stride {stride})")
+    start_b = width - w
+    return slice(0, w), slice(start_b, width), slice(start_b, w), slice(0, w - start_b)
+
+
+@torch.no_grad()
+def crop_consistency(nets: Mapping[str, torch.nn.Module], views: Sequence[torch.Tensor], stride: int,
+                     seed: int = 0, n_random_pairs: int = 4096) -> Dict[str, float]:
+    """Mean change of a voxel's features between two overlapping crops of the same view (see the module docstring),
+    in units of the random-pair distance of the whole view's features; views are (1, 1, Z, Y, X)."""
+    gen = torch.Generator().manual_seed(seed)
+    out: Dict[str, List[float]] = {k: [] for k in nets}
+    for view in views:
+        a, b, in_a, in_b = overlapping_crops(view.shape[-1], stride)
+        for name, net in nets.items():
+            scale = random_pair_distance(net(_input(net, view))[0].flatten(1).T, n_random_pairs, gen)
+            fa = net(_input(net, view[..., a]))[0][..., in_a]
+            fb = net(_input(net, view[..., b]))[0][..., in_b]
+            out[name].append(float((fa - fb).norm(dim=0).mean()) / scale)
+    return {k: float(np.mean(v)) for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -192,6 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                "trained condition (mask = 1)": condition}, batches)
         probe = masking_probe({"descriptor": descriptor, "condition": condition}, views, config.ssl.masking,
                               args.draws, args.seed)
+        stride = int(np.prod([s[-1] for s in plans.configuration_manager.network_arch_init_kwargs["strides"]]))
+        consistency = crop_consistency({"trained descriptor": descriptor, "untrained descriptor": untrained,
+                                        "trained condition (mask = 1)": condition}, views, stride, args.seed)
 
     m = config.ssl.masking
     print(f"\n## Voxel retrieval ({len(views)} images, {args.candidates} candidates; chance {1 / args.candidates:.4f})"
@@ -200,8 +235,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{m.block_fraction:g} of each side; unit: mean random-pair feature distance)\n\n"
           "| model | masked voxels | visible voxels |\n|---|---:|---:|\n" +
           "\n".join(f"| {k} | {v['masked']:.3f} | {v['visible']:.3f} |" for k, v in probe.items()))
+    print(f"\n## Crop consistency (two crops of each view along x, overlapping; unit: mean random-pair feature "
+          "distance)\n\n| features | change in the overlap |\n|---|---:|\n" +
+          "\n".join(f"| {k} | {v:.3f} |" for k, v in consistency.items()))
     if args.output is not None:
         common.write_json(args.output, {"retrieval_top1": top1, "chance": 1 / args.candidates, "masking": probe,
+                                        "crop_consistency": consistency,
                                         "views": len(views), "draws": args.draws, "seed": args.seed,
                                         "masking_config": {"ratio": m.ratio, "block_fraction": m.block_fraction},
                                         "descriptor_folder": str(args.descriptor_folder or ""),

@@ -147,3 +147,26 @@ def test_probe_uses_the_training_mask_sampler_on_each_input_kind():
                               n_random_pairs=20000)
     for name in ("descriptor", "condition"):  # a hidden voxel drops to 0: change |view| / 1 = 2 on average
         assert out[name]["masked"] == pytest.approx(2.0, rel=0.1) and out[name]["visible"] == 0.0
+
+
+def test_crop_consistency_is_zero_per_voxel_and_sees_crop_wide_normalisation():
+    assert probe.overlapping_crops(48, 8) == (slice(0, 32), slice(16, 48), slice(16, 32), slice(0, 16))
+    with pytest.raises(ValueError):
+        probe.overlapping_crops(8, 8)
+
+    class PerVoxel(torch.nn.Module):  # features depend on the voxel alone: identical in both crops
+        in_channels = 1
+
+        def forward(self, x):
+            return torch.cat([x, x ** 2], dim=1)
+
+    class CropNorm(PerVoxel):  # InstanceNorm-like: shifted by the crop's mean
+        def forward(self, x):
+            return super().forward(x) - x.mean()
+
+    gen = torch.Generator().manual_seed(0)
+    view = torch.rand(1, 1, 8, 8, 48, generator=gen)
+    view[..., 24:] += 1.0  # the two crops see different halves: different means
+    out = probe.crop_consistency({"voxel": PerVoxel(), "crop": CropNorm()}, [view], stride=8)
+    assert out["voxel"] == 0.0
+    assert out["crop"] > 0.1
