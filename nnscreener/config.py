@@ -21,6 +21,7 @@ XYZ = Tuple[float, float, float]
 IntXYZ = Tuple[int, int, int]
 
 OBJECTIVES = ("vicreg", "infonce")
+RECONSTRUCTION_LOSSES = ("l1", "l2")
 CONDITIONS = ("masking", "sincos", "none")
 DENSITIES = ("flow", "gaussian")
 BLENDINGS = ("uniform", "gaussian")
@@ -159,6 +160,49 @@ class DensityConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    """The ``baseline_ae`` stage: a 3D convolutional autoencoder (the plans' UNet encoder and a decoder without
+    skips; nnscreener/baselines/autoencoder.py). Score: the absolute reconstruction residual, Gaussian-smoothed."""
+
+    loss: Literal["l1", "l2"] = "l1"  # reconstruction loss on the preprocessed [0, 1] patch
+    latent_channels: int = 16  # channels of the spatial bottleneck (a 1x1x1 convolution after the encoder)
+    score_sigma_mm: float = 3.0  # mm, std of the Gaussian that smooths |x - x_hat| into the score
+    batch_size: int = 4  # patches per step
+    num_iterations: int = 100_000
+    warmup_iterations: int = 1_000
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-6
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class SyntheticAnomalyConfig:
+    """The ``baseline_synthetic`` stage (MOOD-Top1 style): synthetic anomalies blended into training patches
+    (nnscreener/baselines/synthetic_anomalies.py), the plans' UNet regresses the per-voxel blending factor."""
+
+    p_anomaly: float = 0.9  # chance that a training patch gets an anomaly at all
+    alpha_range: Tuple[float, float] = (0.3, 1.0)  # blending factor of the anomalous content
+    radius_mm_range: Tuple[float, float] = (4.0, 30.0)  # mm, half-axes of the ellipsoid / box region
+    # relative chances of the anomaly kinds: foreign patch, intensity change, smooth deformation
+    kind_weights: Tuple[float, float, float] = (0.5, 0.25, 0.25)
+    intensity_shift_range: Tuple[float, float] = (0.05, 0.3)  # |shift| of [0, 1] intensities (sign random)
+    intensity_gain_range: Tuple[float, float] = (0.7, 1.3)  # multiplicative contrast factor
+    deformation_mm_range: Tuple[float, float] = (3.0, 12.0)  # mm, peak displacement of the smooth deformation
+    batch_size: int = 4  # patches per step
+    num_iterations: int = 35_000
+    warmup_iterations: int = 1_000
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     step_size: float = 0.5  # sliding-window step as a fraction of the patch
     blending: Literal["uniform", "gaussian"] = "uniform"
@@ -173,6 +217,8 @@ class ScreenerConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
+    baseline_ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    baseline_synthetic: SyntheticAnomalyConfig = field(default_factory=SyntheticAnomalyConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -233,6 +279,11 @@ def cpu_config() -> ScreenerConfig:
             checkpoint_every=50,
             log_every=10,
         ),
+        # the baselines at the demo's budget: as many optimizer steps as the three Screener stages together
+        baseline_ae=AutoencoderConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3,
+                                      checkpoint_every=50, log_every=10),
+        baseline_synthetic=SyntheticAnomalyConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3,
+                                                  checkpoint_every=50, log_every=10),
         inference=InferenceConfig(step_size=0.5, blending="uniform", batch_size=4),
     )
 
@@ -315,6 +366,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.density.condition, CONDITIONS, "density.condition"),
         (cfg.density.density, DENSITIES, "density.density"),
         (cfg.inference.blending, BLENDINGS, "inference.blending"),
+        (cfg.baseline_ae.loss, RECONSTRUCTION_LOSSES, "baseline_ae.loss"),
     )
     for value, allowed, name in checks:
         if value not in allowed:
