@@ -373,4 +373,21 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
             raise ScreenerError(f"{name}={value!r} is not one of {list(allowed)}")
     if not 0 < cfg.inference.step_size <= 1:
         raise ScreenerError(f"inference.step_size must lie in (0, 1], got {cfg.inference.step_size}")
+    _validate_synthetic_anomalies(cfg.baseline_synthetic)
     return cfg
+
+
+def _validate_synthetic_anomalies(cfg: SyntheticAnomalyConfig) -> None:
+    """The anomaly generator's ranges and chances must make sense; ScreenerError naming the field otherwise."""
+    weights = cfg.kind_weights
+    problems = {
+        "p_anomaly": not 0 <= cfg.p_anomaly <= 1,
+        "alpha_range": not 0 < cfg.alpha_range[0] <= cfg.alpha_range[1] <= 1,
+        "kind_weights": len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0,
+        "radius_mm_range": not 0 < cfg.radius_mm_range[0] <= cfg.radius_mm_range[1],
+    }
+    bad = [name for name, wrong in problems.items() if wrong]
+    if bad:
+        raise ScreenerError(f"baseline_synthetic.{bad[0]}={getattr(cfg, bad[0])!r} is invalid: p_anomaly lies in "
+                            f"[0, 1], alpha_range in (0, 1] (low <= high), kind_weights are 3 non-negative chances "
+                            f"(foreign, intensity, deformation) not all 0, radius_mm_range > 0 (low <= high)")

@@ -86,3 +86,14 @@ def test_blend_formula_and_deformation_peak():
     warped = deformation_source(ramp, SPACING, cfg, np.random.default_rng(0))
     shift_x = np.abs(warped - ramp)[:, :, 3:-3]  # away from the replicated edges
     assert 0.5 < shift_x.max() <= 6.0 / SPACING[2] + 1e-4  # peak displacement 6 mm = 2 voxels in x
+
+
+@pytest.mark.parametrize("setting", ["p_anomaly=1.5", "alpha_range=0,1", "kind_weights=0,0,0",
+                                     "kind_weights=1,1", "radius_mm_range=5,2"])
+def test_impossible_anomaly_settings_are_refused_by_name(setting):
+    from nnscreener.config import merge, parse_set_overrides, validate
+    from nnscreener.errors import ScreenerError
+
+    field = setting.split("=")[0]
+    with pytest.raises(ScreenerError, match=f"baseline_synthetic.{field}="):
+        validate(merge(get_preset("cpu"), parse_set_overrides([f"baseline_synthetic.{setting}"])))

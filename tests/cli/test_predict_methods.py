@@ -38,7 +38,8 @@ def test_method_choices_come_from_the_stage_registry():
 
 
 @pytest.mark.parametrize("stage, variant", [("baseline_ae", "l1"), ("baseline_synthetic", "blend")])
-def test_baseline_maps_have_the_input_geometry_and_the_method_is_recorded(plans, tmp_path, stage, variant):  # noqa: F811
+def test_baseline_maps_have_the_input_geometry_and_the_method_is_recorded(plans, tmp_path, stage,  # noqa: F811
+                                                                           variant):
     write_untrained_baseline(plans, stage, variant)
     write_untrained_density_folder(plans)
     scans = tmp_path / "scans"
@@ -47,7 +48,8 @@ def test_baseline_maps_have_the_input_geometry_and_the_method_is_recorded(plans,
     common = ["-i", scans, "-d", DATASET_ID, "-p", plans.plans_name, "-device", "cpu", "-npp", 0, "-nps", 0]
     assert main([str(a) for a in common + ["-o", tmp_path / "maps", "--method", stage]]) == 0
     assert main([str(a) for a in common + ["-o", tmp_path / "screener"]]) == 0
-    written, original = sitk.ReadImage(str(tmp_path / "maps" / "ct_a.nii.gz")), sitk.ReadImage(str(scans / "ct_a.nii.gz"))
+    written = sitk.ReadImage(str(tmp_path / "maps" / "ct_a.nii.gz"))
+    original = sitk.ReadImage(str(scans / "ct_a.nii.gz"))
     assert written.GetPixelID() == sitk.sitkFloat32
     assert (written.GetSize(), written.GetSpacing(), written.GetOrigin(), written.GetDirection()) == (
         original.GetSize(), original.GetSpacing(), original.GetOrigin(), original.GetDirection())
