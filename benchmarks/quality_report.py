@@ -21,12 +21,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
+from nnscreener import stages  # noqa: E402
 
 METRICS = ("auroc", "partial_auroc", "aupro")
 NODULE_KIND = "solid_lung_nodule"
 #: Cost entries of a row that count as training (a Screener model's three stages, the untrained control's writing,
 #: a baseline's one stage).
-TRAIN_STEPS = ("descriptor", "condition", "untrained", "density", "baseline_ae", "baseline_synthetic")
+TRAIN_STEPS = ("untrained", *stages.STAGE_NAMES)
 PROTOCOL_TEXT = {"all": "positives all lesion voxels, negatives a fixed number of sampled non-lesion body voxels per "
                         "scan (nnScreener_evaluate's default)",
                  "balanced": "per scan up to 1000 lesion and 1000 non-lesion body voxels (the authors' protocol)"}

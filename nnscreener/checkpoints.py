@@ -16,8 +16,8 @@ Keys (docs/design.md C6, C9, C10):
 - density (:data:`DENSITY_KEYS`): ``network_weights`` is the whole ScreenerModel; optionally ``embedding_dims`` =
   ``{"descriptor": d, "condition": d}`` and ``masked_input`` = ``{"descriptor": bool, "condition": bool}`` of the
   frozen networks;
-- baselines (``baseline_ae``, ``baseline_synthetic``; :data:`BASELINE_KEYS`): ``network_weights`` is the whole
-  scoring model (:mod:`nnscreener.baselines`), ``stage`` names which.
+- baselines (``baseline_ae``, ``baseline_synthetic``, ``baseline_draem``; :data:`BASELINE_KEYS`):
+  ``network_weights`` is the whole scoring model (:mod:`nnscreener.baselines`), ``stage`` names which.
 """
 from __future__ import annotations
 

@@ -203,6 +203,33 @@ class SyntheticAnomalyConfig:
 
 
 @dataclass(frozen=True)
+class DraemConfig:
+    """The ``baseline_draem`` stage (DRAEM, Zavrtanik et al. 2021, in 3D; nnscreener/baselines/draem.py): smooth-noise
+    shaped anomalies, a reconstructive autoencoder and a discriminative UNet on (image, reconstruction)."""
+
+    p_anomaly: float = 0.5  # chance that a training patch gets an anomaly (DRAEM: half the images)
+    beta_range: Tuple[float, float] = (0.1, 1.0)  # DRAEM's beta: share of the image kept inside the anomaly
+    noise_scale_mm_range: Tuple[float, float] = (10.0, 40.0)  # mm, cell size of the smooth noise that shapes it
+    noise_threshold: float = 1.0  # the anomaly is where the noise (normalised to std 1) exceeds this
+    source_weights: Tuple[float, float] = (0.5, 0.5)  # relative chances of the source: foreign patch, intensity
+    intensity_shift_range: Tuple[float, float] = (0.05, 0.3)  # as baseline_synthetic's, for the intensity source
+    intensity_gain_range: Tuple[float, float] = (0.7, 1.3)
+    latent_channels: int = 16  # the reconstructive autoencoder's bottleneck channels
+    ssim_window: int = 7  # voxels, edge of the SSIM window of the reconstruction loss
+    focal_gamma: float = 2.0  # focal loss of the discriminative network
+    score_window_mm: float = 9.0  # mm, edge of the mean filter that smooths the discriminative output
+    batch_size: int = 4  # patches per step
+    num_iterations: int = 35_000
+    warmup_iterations: int = 1_000
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-5
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     step_size: float = 0.5  # sliding-window step as a fraction of the patch
     blending: Literal["uniform", "gaussian"] = "uniform"
@@ -219,6 +246,7 @@ class ScreenerConfig:
     density: DensityConfig = field(default_factory=DensityConfig)
     baseline_ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     baseline_synthetic: SyntheticAnomalyConfig = field(default_factory=SyntheticAnomalyConfig)
+    baseline_draem: DraemConfig = field(default_factory=DraemConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -284,6 +312,8 @@ def cpu_config() -> ScreenerConfig:
                                       checkpoint_every=50, log_every=10),
         baseline_synthetic=SyntheticAnomalyConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3,
                                                   checkpoint_every=50, log_every=10),
+        baseline_draem=DraemConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3, checkpoint_every=50,
+                                   log_every=10),
         inference=InferenceConfig(step_size=0.5, blending="uniform", batch_size=4),
     )
 
@@ -374,6 +404,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
     if not 0 < cfg.inference.step_size <= 1:
         raise ScreenerError(f"inference.step_size must lie in (0, 1], got {cfg.inference.step_size}")
     _validate_synthetic_anomalies(cfg.baseline_synthetic)
+    _validate_draem_anomalies(cfg.baseline_draem)
     return cfg
 
 
@@ -391,3 +422,19 @@ def _validate_synthetic_anomalies(cfg: SyntheticAnomalyConfig) -> None:
         raise ScreenerError(f"baseline_synthetic.{bad[0]}={getattr(cfg, bad[0])!r} is invalid: p_anomaly lies in "
                             f"[0, 1], alpha_range in (0, 1] (low <= high), kind_weights are 3 non-negative chances "
                             f"(foreign, intensity, deformation) not all 0, radius_mm_range > 0 (low <= high)")
+
+
+def _validate_draem_anomalies(cfg: DraemConfig) -> None:
+    """DRAEM's chances and ranges must make sense; ScreenerError naming the field otherwise."""
+    weights = cfg.source_weights
+    problems = {
+        "p_anomaly": not 0 <= cfg.p_anomaly <= 1,
+        "beta_range": not 0 <= cfg.beta_range[0] <= cfg.beta_range[1] <= 1 or cfg.beta_range[0] >= 1,
+        "source_weights": len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0,
+        "noise_scale_mm_range": not 0 < cfg.noise_scale_mm_range[0] <= cfg.noise_scale_mm_range[1],
+    }
+    bad = [name for name, wrong in problems.items() if wrong]
+    if bad:
+        raise ScreenerError(f"baseline_draem.{bad[0]}={getattr(cfg, bad[0])!r} is invalid: p_anomaly lies in [0, 1], "
+                            f"beta_range in [0, 1] (low < 1, low <= high), source_weights are 2 non-negative chances "
+                            f"(foreign, intensity) not all 0, noise_scale_mm_range > 0 (low <= high)")

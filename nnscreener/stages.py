@@ -2,7 +2,8 @@
 which ``nnScreener_predict --method`` scores with a stage's result folder.
 
 Screener's own model is three stages (descriptor, condition, density; :data:`SCREENER_STAGES`); the baselines
-(``baseline_ae``, ``baseline_synthetic``) are one stage each, trained and predicted with the same machinery.
+(``baseline_ae``, ``baseline_synthetic``, ``baseline_draem``) are one stage each, trained and predicted with the
+same machinery.
 
 Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern with the stage and its variant in place
 of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__nnScreenerPlans``,
@@ -72,6 +73,9 @@ STAGES: Dict[str, Stage] = {
                                 is_ssl=False, in_channels=1, section="baseline_synthetic",
                                 method="baseline_synthetic",
                                 model_loader="nnscreener.baselines.blend_regression:load_blend_model"),
+    "baseline_draem": Stage("baseline_draem", "nnscreener.trainers.baselines:DraemTrainer", is_ssl=False,
+                            in_channels=1, section="baseline_draem", method="baseline_draem",
+                            model_loader="nnscreener.baselines.draem:load_draem_model"),
 }
 STAGE_NAMES = tuple(STAGES)
 SCREENER_STAGES = ("descriptor", "condition", "density")  # the default model, trained in this order

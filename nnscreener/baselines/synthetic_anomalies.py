@@ -13,8 +13,15 @@ with m the region's indicator, alpha ~ U(``alpha_range``) and the source s one o
   per axis).
 
 So the target is exactly alpha inside R and 0 outside, and the image is unchanged outside R. With probability
-1 - ``p_anomaly`` the patch stays normal (target 0 everywhere). Everything is drawn from the numpy generator that is
-passed in, so a seeded generator gives the same anomaly. Arrays are (Z, Y, X), intensities the preprocessed [0, 1].
+1 - ``p_anomaly`` the patch stays normal (target 0 everywhere).
+
+DRAEM's anomalies (``baseline_draem``, :func:`make_draem_anomaly`) are shaped by thresholded smooth random noise
+(in place of Perlin noise: a coarse normal grid of cells of U(``noise_scale_mm_range``) mm, cubic-upsampled,
+normalised to std 1, above ``noise_threshold``), keep a share beta of the image inside them
+(``out = beta * x + (1 - beta) * s`` there, DRAEM's formula) and have the binary region as target.
+
+Everything is drawn from the numpy generator that is passed in, so a seeded generator gives the same anomaly.
+Arrays are (Z, Y, X), intensities the preprocessed [0, 1].
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from typing import Sequence, Tuple
 import numpy as np
 from scipy.ndimage import map_coordinates, zoom
 
-from nnscreener.config import SyntheticAnomalyConfig
+from nnscreener.config import DraemConfig, SyntheticAnomalyConfig
 
 KINDS = ("foreign", "intensity", "deformation")
 _CONTROL_POINTS = 4  # per axis, of the coarse random displacement grid (smooth after cubic upsampling)
@@ -65,8 +72,9 @@ def random_region(shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float], rad
     return region
 
 
-def intensity_source(image: np.ndarray, cfg: SyntheticAnomalyConfig, rng: np.random.Generator) -> np.ndarray:
-    """The patch with its contrast scaled around its mean and its intensities shifted up or down, in [0, 1]."""
+def intensity_source(image: np.ndarray, cfg, rng: np.random.Generator) -> np.ndarray:
+    """The patch with its contrast scaled around its mean by U(``cfg.intensity_gain_range``) and its intensities
+    shifted up or down by U(``cfg.intensity_shift_range``), in [0, 1] (``cfg``: either anomaly config)."""
     gain = rng.uniform(*cfg.intensity_gain_range)
     shift = rng.uniform(*cfg.intensity_shift_range) * rng.choice([-1.0, 1.0])
     mean = float(image.mean())
@@ -119,3 +127,48 @@ def make_synthetic_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_m
         source = deformation_source(image, spacing_zyx_mm, cfg, rng)
     out, target = blend(image, source, region, alpha)
     return SyntheticAnomaly(out, target, kind, alpha, region)
+
+
+def smooth_noise(shape_zyx: Sequence[int], cell_voxels_zyx: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """(Z, Y, X) float32 smooth random noise with mean 0 and std 1: a normal grid with one node per cell (cell edge
+    ``cell_voxels_zyx``), cubic-upsampled to the shape."""
+    nodes = [max(2, int(np.ceil(s / max(c, 1.0))) + 1) for s, c in zip(shape_zyx, cell_voxels_zyx)]
+    field = zoom(rng.standard_normal(nodes), [s / n for s, n in zip(shape_zyx, nodes)], order=3)
+    field = field[tuple(slice(0, s) for s in shape_zyx)]
+    return ((field - field.mean()) / max(float(field.std()), 1e-6)).astype(np.float32)
+
+
+def noise_region(shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float], cfg: DraemConfig,
+                 rng: np.random.Generator) -> np.ndarray:
+    """DRAEM's anomaly shape: where smooth noise of cell U(``noise_scale_mm_range``) mm exceeds ``noise_threshold``;
+    at least one voxel (the noise's maximum). Returns (Z, Y, X) bool."""
+    cell_mm = rng.uniform(*cfg.noise_scale_mm_range)
+    noise = smooth_noise(shape_zyx, [cell_mm / float(s) for s in spacing_zyx_mm], rng)
+    region = noise > cfg.noise_threshold
+    region[np.unravel_index(int(np.argmax(noise)), noise.shape)] = True
+    return region
+
+
+def make_draem_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_mm: Sequence[float], cfg: DraemConfig,
+                       rng: np.random.Generator) -> SyntheticAnomaly:
+    """A DRAEM training sample: with probability ``p_anomaly``, a noise-shaped region whose content becomes
+    ``beta * x + (1 - beta) * s`` (s: the foreign patch or an intensity change of the patch, chances
+    ``source_weights``); target 1 inside the region, 0 elsewhere. ``alpha`` in the result is 1 - beta.
+
+    Args and returns as :func:`make_synthetic_anomaly` (``cfg``: the ``baseline_draem`` settings).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape != np.shape(foreign):
+        raise ValueError(f"the foreign patch {np.shape(foreign)} must have the patch's shape {image.shape}")
+    if rng.random() >= cfg.p_anomaly:
+        return SyntheticAnomaly(image, np.zeros_like(image), "none", 0.0, np.zeros(image.shape, dtype=bool))
+    weights = np.asarray(cfg.source_weights, dtype=np.float64)
+    kind = KINDS[int(rng.choice(2, p=weights / weights.sum()))]  # foreign or intensity
+    region = noise_region(image.shape, spacing_zyx_mm, cfg, rng)
+    alpha = 1.0 - float(rng.uniform(*cfg.beta_range))
+    if kind == "foreign":
+        source = np.asarray(foreign, dtype=np.float32)
+    else:
+        source = intensity_source(image, cfg, rng)
+    out, _ = blend(image, source, region, alpha)
+    return SyntheticAnomaly(out, region.astype(np.float32), kind, alpha, region)

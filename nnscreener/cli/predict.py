@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset)")
     parser.add_argument("--method", default=stages.DEFAULT_METHOD, choices=tuple(stages.METHODS),
                         help=f"which trained model scores the scans (default {stages.DEFAULT_METHOD}: descriptor + "
-                             f"condition + density; baseline_ae: autoencoder residual; baseline_synthetic: predicted "
-                             f"blending factor of synthetic anomalies)")
+                             f"condition + density; the others: the trained stage of the same name, e.g. the "
+                             f"baselines of the README)")
     parser.add_argument("--variant", default="",
                         help="baselines: the result folder's variant (baseline_ae: its loss, l1 or l2); default: "
                              "the only one trained for these plans")

@@ -8,9 +8,13 @@ scoring model, so the final checkpoint is all ``nnScreener_predict --method base
   reconstruction loss (``baseline_ae.loss``); folder ``baseline_ae__<loss>__<plans>``.
 - ``baseline_synthetic``: :class:`~nnscreener.baselines.blend_regression.BlendRegressionModel` on patches with
   synthetic anomalies, binary cross-entropy against the blending factor; folder ``baseline_synthetic__blend__<plans>``.
+- ``baseline_draem``: :class:`~nnscreener.baselines.draem.DraemModel` on patches with DRAEM's anomalies,
+  L2 + (1 - SSIM) for the reconstruction of the clean patch plus the focal loss of the discriminative network;
+  folder ``baseline_draem__draem__<plans>``.
 
 Logged per period besides the loss: the AE's mean absolute residual (``recon/mae``); the blend regressor's mean
-absolute error inside and outside the anomalies (``blend/mae_anomaly``, ``blend/mae_normal``).
+absolute error inside and outside the anomalies (``blend/mae_anomaly``, ``blend/mae_normal``); DRAEM's three loss
+terms (``loss/l2``, ``loss/ssim``, ``loss/focal``).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from torch import nn
 from nnscreener import stages
 from nnscreener.baselines.autoencoder import build_autoencoder_model, reconstruction_loss
 from nnscreener.baselines.blend_regression import blend_factor_loss, build_blend_model
+from nnscreener.baselines.draem import build_draem_model, focal_loss, ssim3d
 from nnscreener.config import ScreenerConfig
 from nnscreener.trainers.base import ScreenerTrainerBase
 
@@ -90,3 +95,34 @@ class SyntheticAnomalyTrainer(_BaselineTrainer):
             logged = {"blend/mae_anomaly": float(error[anomalous].mean()) if anomalous.any() else float("nan"),
                       "blend/mae_normal": float(error[~anomalous].mean()) if (~anomalous).any() else float("nan")}
         return blend_factor_loss(logits, target), logged
+
+
+class DraemTrainer(_BaselineTrainer):
+    """Trains DRAEM's reconstructive and discriminative networks together on patches with its anomalies."""
+
+    stage = "baseline_draem"
+    config_section = stages.get_stage(stage).section
+
+    @classmethod
+    def variant_for(cls, config: ScreenerConfig) -> str:
+        return "draem"
+
+    def build_network(self) -> nn.Module:
+        return build_draem_model(self.screener_plans)
+
+    def build_loader(self, identifiers: List[str], seed: int):
+        from nnscreener.data.baseline_loaders import make_draem_loader
+
+        return make_draem_loader(self.screener_plans, identifiers, self.batch_size, self.num_loader_workers(), seed,
+                                 pin_memory=self.device.type == "cuda")
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """L2 + (1 - SSIM) of the reconstruction against 'clean', plus the focal loss against 'target' (the region)."""
+        cfg = self.screener_config.baseline_draem
+        clean, target = self.image(batch, "clean"), self.image(batch, "target")
+        reconstruction, logits = self.network(self.image(batch))
+        l2 = (reconstruction.float() - clean).square().mean()
+        ssim = ssim3d(reconstruction, clean, cfg.ssim_window)
+        focal = focal_loss(logits, target, cfg.focal_gamma)
+        terms = torch.stack([l2, ssim, focal]).detach().tolist()
+        return l2 + (1 - ssim) + focal, dict(zip(("loss/l2", "loss/ssim", "loss/focal"), terms))

@@ -17,9 +17,11 @@ def test_baseline_rows_get_the_three_stages_steps_together_and_predict_with_thei
         ("baseline_ae 1x", "baseline_ae", "l1", "baseline_ae__l1", 60),
         ("baseline_ae 4x", "baseline_ae", "l1", "baseline_ae__l1", 240),
         ("baseline_synthetic 1x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 60),
-        ("baseline_synthetic 4x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 240)]
+        ("baseline_synthetic 4x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 240),
+        ("baseline_draem 1x", "baseline_draem", "draem", "baseline_draem__draem", 60),
+        ("baseline_draem 4x", "baseline_draem", "draem", "baseline_draem__draem", 240)]
     assert rows[0].setup.name == "default_it10-20-30"  # the same results root as the default model at 1x
-    assert quality.BASELINES == ("baseline_ae", "baseline_synthetic")
+    assert quality.BASELINES == ("baseline_ae", "baseline_synthetic", "baseline_draem")
 
 
 def _summary(path: Path, auroc: float, per_kind: dict) -> str:

@@ -10,12 +10,14 @@ import torch
 from nnscreener import paths, stages
 from nnscreener.baselines.autoencoder import build_autoencoder_model
 from nnscreener.baselines.blend_regression import build_blend_model
+from nnscreener.baselines.draem import build_draem_model
 from nnscreener.checkpoints import FINAL_CHECKPOINT, save_checkpoint
 from nnscreener.cli.predict import build_parser, main
 from nnscreener.inference.predictor import SETTINGS_FILE
 from tests.cli.test_predict import DATASET_ID, plans, write_ct, write_untrained_density_folder  # noqa: F401
 
-BUILDERS = {"baseline_ae": build_autoencoder_model, "baseline_synthetic": build_blend_model}
+BUILDERS = {"baseline_ae": build_autoencoder_model, "baseline_synthetic": build_blend_model,
+            "baseline_draem": build_draem_model}
 
 
 def write_untrained_baseline(plans, stage: str, variant: str) -> Path:
@@ -33,11 +35,13 @@ def write_untrained_baseline(plans, stage: str, variant: str) -> Path:
 
 def test_method_choices_come_from_the_stage_registry():
     action = next(a for a in build_parser()._actions if "--method" in a.option_strings)
-    assert tuple(action.choices) == tuple(stages.METHODS) == ("screener", "baseline_ae", "baseline_synthetic")
+    assert tuple(action.choices) == tuple(stages.METHODS) == ("screener", "baseline_ae", "baseline_synthetic",
+                                                                "baseline_draem")
     assert action.default == "screener" and stages.METHODS["screener"].name == "density"
 
 
-@pytest.mark.parametrize("stage, variant", [("baseline_ae", "l1"), ("baseline_synthetic", "blend")])
+@pytest.mark.parametrize("stage, variant", [("baseline_ae", "l1"), ("baseline_synthetic", "blend"),
+                                            ("baseline_draem", "draem")])
 def test_baseline_maps_have_the_input_geometry_and_the_method_is_recorded(plans, tmp_path, stage,  # noqa: F811
                                                                            variant):
     write_untrained_baseline(plans, stage, variant)

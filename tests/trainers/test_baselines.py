@@ -14,13 +14,14 @@ from nnscreener.checkpoints import load_checkpoint
 from nnscreener.config import merge, parse_set_overrides
 from nnscreener.data.baseline_loaders import make_patch_loader, make_synthetic_anomaly_loader
 from nnscreener.errors import ScreenerError
-from nnscreener.trainers.baselines import AutoencoderTrainer, SyntheticAnomalyTrainer
+from nnscreener.trainers.baselines import AutoencoderTrainer, DraemTrainer, SyntheticAnomalyTrainer
 from nnscreener.trainers.run import resolved_plans_dict
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
 
 DATASET_ID = 993
 # patch (x, y, z) 16x16x8; log and checkpoint every 3 of 6 iterations
-TINY = ["network.patch_size_xyz=16,16,8"] + [f"{section}.{field}" for section in ("baseline_ae", "baseline_synthetic")
+TINY = ["network.patch_size_xyz=16,16,8"] + [f"{section}.{field}" for section in ("baseline_ae", "baseline_synthetic",
+                                                                             "baseline_draem")
                                              for field in ("batch_size=2", "num_iterations=6", "warmup_iterations=1",
                                                            "learning_rate=3e-3", "log_every=3",
                                                            "checkpoint_every=3")]
@@ -44,7 +45,8 @@ def tiny_plans(plans):
 
 
 @pytest.mark.parametrize("cls, variant, logged", [(AutoencoderTrainer, "l1", "recon/mae"),
-                                                  (SyntheticAnomalyTrainer, "blend", "blend/mae_anomaly")])
+                                                  (SyntheticAnomalyTrainer, "blend", "blend/mae_anomaly"),
+                                                  (DraemTrainer, "draem", "loss/focal")])
 def test_a_few_steps_train_checkpoint_and_load_as_a_scoring_model(plans, nnunet_env, cls, variant, logged):
     trainer = make_trainer(cls, plans)
     folder = nnunet_env["nnUNet_results"] / f"Dataset{DATASET_ID}_Fake" / f"{cls.stage}__{variant}__{plans.plans_name}"
