@@ -21,13 +21,24 @@ from nnscreener.plans import ScreenerPlans, load_plans_file
 
 def planned_unet(plans: ScreenerPlans, in_channels: int, out_channels: int) -> nn.Module:
     """The plans' ``3d_fullres`` network (dynamic-network-architectures, built by nnU-Net's
-    ``get_network_from_plans``), without deep supervision: (B, in, Z, Y, X) -> (B, out, Z, Y, X)."""
+    ``get_network_from_plans``), without deep supervision and its unused outputs: (B, in, Z, Y, X) -> (B, out, Z, Y,
+    X)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     cm = plans.configuration_manager
-    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+    unet = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, in_channels, out_channels,
                                   allow_init=True, deep_supervision=False)
+    drop_unused_outputs(unet)
+    return unet
+
+
+def drop_unused_outputs(unet: nn.Module) -> None:
+    """Replaces the decoder's 1x1x1 outputs of the lower levels, which a UNet without deep supervision computes
+    nothing with, by parameter-free identities: every remaining parameter then gets a gradient (DDP requires it)."""
+    seg_layers = unet.decoder.seg_layers
+    for i in range(len(seg_layers) - 1):
+        seg_layers[i] = nn.Identity()
 
 
 def load_baseline_model(folder: Union[str, Path], stage: str, build: Callable[[ScreenerPlans], nn.Module],

@@ -80,3 +80,17 @@ def test_blend_model_scores_are_probabilities_of_the_planned_unet(plans):
     score = model.anomaly_map(x, torch.zeros(1, 3, dtype=torch.int64))
     assert score.shape == x.shape and float(score.min()) >= 0 and float(score.max()) <= 1
     np.testing.assert_allclose(score.numpy(), torch.sigmoid(model(x)).detach().numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("builder", ["autoencoder", "blend", "draem"])
+def test_every_parameter_of_a_baseline_gets_a_gradient(plans, builder):
+    """No unused parameters (multi-GPU training with DDP refuses them), e.g. the UNet's lower-level outputs."""
+    from nnscreener.baselines.draem import build_draem_model
+
+    build = {"autoencoder": build_autoencoder_model, "blend": build_blend_model, "draem": build_draem_model}[builder]
+    torch.manual_seed(0)
+    model = build(plans)
+    out = model(torch.rand(1, 1, 16, 24, 24))
+    sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
