@@ -53,7 +53,8 @@ SSL_STAGES = ("descriptor", "condition")
 GRID = tuple((condition, density) for condition in ("none", "sincos", "masking") for density in ("gaussian", "flow"))
 DEFAULT_VARIANT = ("masking", "flow")
 PARTS = ("grid", "untrained", "floors", "scaling", "configs", "baselines")
-BASELINES = tuple(m for m in stages.METHODS if m != stages.DEFAULT_METHOD)  # one stage each, trained and predicted
+#: The baselines of part ``baselines``: every ``baseline_*`` method of the stage registry (one stage each).
+BASELINES = tuple(m for m in stages.METHODS if m.startswith("baseline_"))
 FLOORS = ("intensity", "random")
 
 
