@@ -12,7 +12,10 @@ Parts (``--parts``): ``grid`` (condition none / sincos / masking x density gauss
 (random descriptor and condition networks from ``untrained_models.py``, masking + flow density trained on them),
 ``floors``
 (``nnscreener.evaluation.floors``), ``scaling`` (masking + flow at ``--scales`` x 1x), ``configs`` (the
-configurations of :data:`CONFIGS` at ``--config_scale`` x 1x). 1x is ``--base_iterations`` (default: the demo's).
+configurations of :data:`CONFIGS` at ``--config_scale`` x 1x), ``baselines`` (each stage of :data:`BASELINES` at
+``--scales`` x 1x, predicted with ``nnScreener_predict --method``). 1x is ``--base_iterations`` (default: the
+demo's); a baseline at a budget gets as many optimizer steps as the three Screener stages together at that budget
+(the CPU minutes each really took are in the tables).
 
 Layout of ``--work_dir W``: ``nnUNet_raw`` / ``nnUNet_preprocessed`` (unless ``--reuse_demo``), ``results/<setup>/
 seed<N>/`` (one ``nnUNet_results`` root per setup and seed, e.g. ``default_it180-180-240/seed0``),
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 import common  # noqa: E402
 import quality_report  # noqa: E402
 from quality_configs import BASE_PRESET, CONFIGS  # noqa: E402
-from nnscreener import paths  # noqa: E402
+from nnscreener import paths, stages  # noqa: E402
 from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: E402
 from nnscreener.config import get_preset  # noqa: E402
 from nnscreener.demo import BASE_ITERATIONS as DEMO_ITERATIONS  # noqa: E402
@@ -49,7 +52,9 @@ BASE_PLANS = "nnScreenerPlans_cpu"
 SSL_STAGES = ("descriptor", "condition")
 GRID = tuple((condition, density) for condition in ("none", "sincos", "masking") for density in ("gaussian", "flow"))
 DEFAULT_VARIANT = ("masking", "flow")
-PARTS = ("grid", "untrained", "floors", "scaling", "configs")
+PARTS = ("grid", "untrained", "floors", "scaling", "configs", "baselines")
+#: The baselines of part ``baselines``: every ``baseline_*`` method of the stage registry (one stage each).
+BASELINES = tuple(m for m in stages.METHODS if m.startswith("baseline_"))
 FLOORS = ("intensity", "random")
 
 
@@ -66,7 +71,8 @@ class Setup:
     scale: float = 1.0
 
     def iterations_of(self, stage: str) -> int:
-        return self.iterations[paths.STAGES.index(stage)]
+        """A Screener stage's steps; a baseline's: those of the three Screener stages together."""
+        return self.iterations[paths.STAGES.index(stage)] if stage in paths.STAGES else sum(self.iterations)
 
     def args_of(self, stage: str) -> Tuple[str, ...]:
         """``nnScreener_train`` arguments of a stage: the configuration's for all stages, then its own."""
@@ -82,10 +88,23 @@ class Row:
     setup: Setup
     condition: str
     density: str
+    method: str = stages.DEFAULT_METHOD
+    baseline_variant: str = ""
+
+    @property
+    def stage(self) -> str:
+        """The stage whose result folder scores the scans (density, or the baseline's own)."""
+        return stages.method_stage(self.method).name
 
     @property
     def variant(self) -> str:
-        return paths.density_variant(self.condition, self.density)
+        """That folder's variant (``masking_flow``; a baseline's, e.g. ``l1``)."""
+        return self.baseline_variant or paths.density_variant(self.condition, self.density)
+
+    @property
+    def key(self) -> str:
+        """The row's name in prediction folders and summaries: the variant, prefixed by a baseline's stage."""
+        return self.variant if self.method == stages.DEFAULT_METHOD else f"{self.stage}__{self.variant}"
 
 
 class Campaign:
@@ -132,7 +151,7 @@ class Campaign:
         return self.results_root(setup, seed) / self.raw_dir.name / f"{stage}__{variant}__{setup.plans}"
 
     def prediction_dir(self, row: Row, seed: int) -> Path:
-        return self.work_dir / "predictions" / row.setup.name / f"seed{seed}" / row.variant
+        return self.work_dir / "predictions" / row.setup.name / f"seed{seed}" / row.key
 
     def summary_file(self, protocol: str, key: str) -> Path:
         return self.work_dir / "summaries" / protocol / (key.replace("/", "__") + ".json")
@@ -179,16 +198,28 @@ class Campaign:
             rows += [Row("configs", c, self.setup(c, a.config_scale), *DEFAULT_VARIANT) for c in a.configs]
         if "scaling" in a.parts:
             rows += [Row("scaling", f"{s:g}x", self.setup("default", s), *DEFAULT_VARIANT) for s in sorted(a.scales)]
+        if "baselines" in a.parts:
+            setups = [self.setup("default", s) for s in sorted(a.scales)]
+            rows += [Row("baselines", f"{m} {setup.scale:g}x", setup, *DEFAULT_VARIANT, m,
+                         self.baseline_variant(setup, m)) for m in BASELINES for setup in setups]
         return rows
 
-    def ssl_variant(self, setup: Setup) -> str:
-        """The descriptor/condition variant a setup trains: preset + planning + training overrides."""
+    def resolved_config(self, setup: Setup, stage: str):
+        """The config a stage of a setup trains with: preset + planning + training overrides."""
         from nnscreener.cli.train import build_parser, run_overrides
         from nnscreener.config import merge, parse_set_overrides, validate
 
         config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
-        config = validate(merge(config, run_overrides(build_parser().parse_args(["0", "descriptor",
-                                                                                  *setup.args_of("descriptor")]))))
+        return validate(merge(config, run_overrides(build_parser().parse_args(["0", stage, *setup.args_of(stage)]))))
+
+    def baseline_variant(self, setup: Setup, method: str) -> str:
+        """The result-folder variant a baseline of a setup trains (its trainer's ``variant_for``)."""
+        stage = stages.method_stage(method).name
+        return stages.trainer_class(stage).variant_for(self.resolved_config(setup, stage))
+
+    def ssl_variant(self, setup: Setup) -> str:
+        """The descriptor/condition variant a setup trains: preset + planning + training overrides."""
+        config = self.resolved_config(setup, "descriptor")
         return paths.ssl_variant(config.ssl.objective, config.network.embedding_dim)
 
     # ------------------------------------------------------------------ steps
@@ -208,7 +239,7 @@ class Campaign:
 
     def train(self, setup: Setup, seed: int, stage: str, variant: str, extra: Sequence[str] = ()) -> str:
         """Trains a stage unless finished; resumes an interrupted one. Returns its ledger step id."""
-        step_id = f"train/{setup.name}/seed{seed}/{stage}" + (f"/{variant}" if stage == "density" else "")
+        step_id = f"train/{setup.name}/seed{seed}/{stage}" + (f"/{variant}" if stage not in SSL_STAGES else "")
         folder = self.stage_dir(setup, seed, stage, variant)
         if (folder / FINAL_CHECKPOINT).is_file():
             return step_id
@@ -251,8 +282,8 @@ class Campaign:
 
     def predict(self, row: Row, seed: int) -> str:
         """Predicts the test images unless done with the current density checkpoint. Returns the step id."""
-        step_id = f"predict/{row.setup.name}/seed{seed}/{row.variant}"
-        fingerprint = common.file_fingerprint(self.stage_dir(row.setup, seed, "density", row.variant) /
+        step_id = f"predict/{row.setup.name}/seed{seed}/{row.key}"
+        fingerprint = common.file_fingerprint(self.stage_dir(row.setup, seed, row.stage, row.variant) /
                                               FINAL_CHECKPOINT)
         if (self.ledger.get(step_id) or {}).get("fingerprint") == fingerprint:
             return step_id
@@ -264,6 +295,8 @@ class Campaign:
         argv = ["-i", str(self.raw_dir / "imagesTs"), "-o", str(out), "-d", str(self.args.dataset_id),
                 "-p", row.setup.plans, "--condition", row.condition, "--density", row.density, "-device", "cpu",
                 "-npp", str(self.args.num_processes), "-nps", str(self.args.num_processes)]
+        if row.method != stages.DEFAULT_METHOD:  # the flag exists since the baselines; Screener runs without it
+            argv += ["--method", row.method, "--variant", row.variant]
         argv += [] if self.args.step_size is None else ["-step_size", str(self.args.step_size)]
         self.step(step_id, common.cli_argv("nnscreener.cli.predict", *argv, *(["--overwrite"] if stale else [])),
                   self.env(row.setup.plans, self.results_root(row.setup, seed)), fingerprint=fingerprint)
@@ -290,12 +323,15 @@ class Campaign:
         """Every step of one row and seed; returns the ledger ids of its costs and its summary files."""
         setup = row.setup
         self.plan(setup)
-        cost = dict(zip(("untrained",) if setup.untrained else SSL_STAGES, self.ssl(setup, seed)))
-        cost["density"] = self.train(setup, seed, "density", row.variant,
-                                     ["--condition", row.condition, "--density", row.density])
+        if row.method != stages.DEFAULT_METHOD:
+            cost = {row.stage: self.train(setup, seed, row.stage, row.variant)}
+        else:
+            cost = dict(zip(("untrained",) if setup.untrained else SSL_STAGES, self.ssl(setup, seed)))
+            cost["density"] = self.train(setup, seed, "density", row.variant,
+                                         ["--condition", row.condition, "--density", row.density])
         cost["predict"] = self.predict(row, seed)
         fingerprint = self.ledger.get(cost["predict"])["fingerprint"]
-        key = f"{setup.name}/seed{seed}/{row.variant}"
+        key = f"{setup.name}/seed{seed}/{row.key}"
         return {"cost": cost, "summaries": self.evaluate(key, self.prediction_dir(row, seed), fingerprint)}
 
     def run_floor(self, kind: str) -> Dict[str, object]:
@@ -312,7 +348,8 @@ class Campaign:
         for row in self.rows():
             entry = {"part": row.part, "label": row.label, "setup": row.setup.name, "config": row.setup.config,
                      "description": CONFIGS[row.setup.config].description, "plans": row.setup.plans,
-                     "iterations": list(row.setup.iterations), "variant": row.variant, "seeds": {}}
+                     "iterations": list(row.setup.iterations), "variant": row.variant, "method": row.method,
+                     "steps": row.setup.iterations_of(row.stage), "seeds": {}}
             for seed in self.args.seeds:
                 entry["seeds"][str(seed)] = self.attempt(lambda: self.run_row(row, seed), f"{row.label}, seed {seed}")
             table_rows.append(entry)
@@ -360,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     p.add_argument("--protocols", nargs="+", default=["all"],
                    help="nnScreener_evaluate --protocol values to evaluate under (default all)")
-    p.add_argument("--scales", type=float, nargs="+", default=[1, 4], help="budgets of part scaling (default 1 4)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1, 4],
+                   help="budgets of parts scaling and baselines (default 1 4)")
     p.add_argument("--config_scale", type=float, default=1, help="budget of part configs (default 1)")
     p.add_argument("--base_iterations", type=int, nargs="+", metavar="N",
                    default=[DEMO_ITERATIONS[stage] for stage in paths.STAGES],

@@ -21,9 +21,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
+from nnscreener import stages  # noqa: E402
 
 METRICS = ("auroc", "partial_auroc", "aupro")
 NODULE_KIND = "solid_lung_nodule"
+#: Cost entries of a row that count as training (a Screener model's three stages, the untrained control's writing,
+#: a baseline's one stage).
+TRAIN_STEPS = ("untrained", *stages.STAGE_NAMES)
 PROTOCOL_TEXT = {"all": "positives all lesion voxels, negatives a fixed number of sampled non-lesion body voxels per "
                         "scan (nnScreener_evaluate's default)",
                  "balanced": "per scan up to 1000 lesion and 1000 non-lesion body voxels (the authors' protocol)"}
@@ -81,10 +85,9 @@ class Figures:
         return out
 
     def train_and_predict(self, row: Mapping[str, Any]) -> Tuple[List[float], List[float]]:
-        """CPU minutes per seed of training (descriptor, condition, density) and of computing the maps (a floor's
-        maps count as prediction)."""
-        return (self.cpu_minutes(row, ["descriptor", "condition", "untrained", "density"]),
-                self.cpu_minutes(row, ["predict", "floor"]))
+        """CPU minutes per seed of training (:data:`TRAIN_STEPS`) and of computing the maps (a floor's maps count
+        as prediction)."""
+        return self.cpu_minutes(row, TRAIN_STEPS), self.cpu_minutes(row, ["predict", "floor"])
 
     def kinds(self, protocol: str) -> List[str]:
         found: Dict[str, None] = {}
@@ -157,6 +160,36 @@ def table_scaling(fig: Figures, protocol: str) -> str:
     return "\n".join(lines)
 
 
+def per_kind_table(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], protocol: str) -> List[str]:
+    """Voxel AUROC per lesion kind, one line per ``(name, row)``; [] when no summary has kinds."""
+    kinds = fig.kinds(protocol)
+    if not kinds:
+        return []
+    lines = ["", "Voxel AUROC per lesion kind:", "", "| method | " + " | ".join(kinds) + " |",
+             "|---|" + "---:|" * len(kinds)]
+    for name, row in rows:
+        summaries = fig.summaries(row, protocol)
+        lines.append(f"| {name} | " + " | ".join(cell(fig.metric(summaries, "auroc", k)) for k in kinds) + " |")
+    return lines
+
+
+def table_baselines(fig: Figures, protocol: str) -> str:
+    """The baselines beside the default model (part scaling) at the same budgets, and the floors."""
+    if not fig.rows("baselines"):
+        return "_part `baselines` not run_"
+    named = [(f"Screener (masking + flow) {r['label']}", r) for r in fig.rows("scaling")]
+    named += [(r["label"], r) for r in fig.rows("baselines")] + [(r["label"], r) for r in fig.rows("floors")]
+    lines = ["| method | optimizer steps | n | AUROC | AUROC@0.3 | AUPRO@0.3 | train CPU min | predict CPU min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in named:
+        train, predict = fig.train_and_predict(row)
+        steps = {"floors": "-", "scaling": " + ".join(map(str, row.get("iterations", [])))}.get(
+            row["part"], str(row.get("steps", "-")))
+        lines.append(f"| {name} | {steps} | " + " | ".join(metric_cells(fig, row, protocol)) +
+                     f" | {cell(train, 1)} | {cell(predict, 1)} |")
+    return "\n".join(lines + per_kind_table(fig, named, protocol))
+
+
 def table_steps(fig: Figures) -> str:
     lines = ["| step | wall min | CPU min | note |", "|---|---:|---:|---|"]
     for step, record in sorted(fig.ledger.records.items()):
@@ -213,7 +246,12 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
                  f"#### Table 2: configurations at {c['config_scale']:g}x, AUROC against CPU minutes ({title})", "",
                  table_configs(fig, protocol), "",
                  f"#### Table 3: scaling of the default model, masking + flow ({title})", "",
-                 table_scaling(fig, protocol)]
+                 table_scaling(fig, protocol), "",
+                 f"#### Table 4: baselines at the default model's budgets ({title})", "",
+                 "A baseline at a budget takes as many optimizer steps as the default model's three stages together "
+                 "(batch sizes: the cpu preset's, 4 patches or image pairs, unless --train_set changed them); the CPU "
+                 "minutes say what each really cost.", "",
+                 table_baselines(fig, protocol)]
     body += ["", "### Step timings", "", table_steps(fig), common.RESULTS_END]
     return "\n".join(body) + "\n"
 

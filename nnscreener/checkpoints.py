@@ -15,7 +15,9 @@ Keys (docs/design.md C6, C9, C10):
   ``masked_input`` (condition networks with the mask token; absent in older checkpoints);
 - density (:data:`DENSITY_KEYS`): ``network_weights`` is the whole ScreenerModel; optionally ``embedding_dims`` =
   ``{"descriptor": d, "condition": d}`` and ``masked_input`` = ``{"descriptor": bool, "condition": bool}`` of the
-  frozen networks.
+  frozen networks;
+- baselines (``baseline_ae``, ``baseline_synthetic``, ``baseline_draem``; :data:`BASELINE_KEYS`):
+  ``network_weights`` is the whole scoring model (:mod:`nnscreener.baselines`), ``stage`` names which.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ LATEST_CHECKPOINT = "checkpoint_latest.pth"  # written every ``checkpoint_every`
 SSL_KEYS = ("network_weights", "screener_config", "in_channels")
 #: What a density checkpoint needs for :func:`~nnscreener.model.load_screener_model`.
 DENSITY_KEYS = ("stage", "network_weights", "screener_config")
+#: What a baseline checkpoint needs for its scoring model (:mod:`nnscreener.baselines`).
+BASELINE_KEYS = ("stage", "network_weights", "screener_config")
 #: What ``nnScreener_train --c`` needs to resume a run.
 RESUME_KEYS = ("network_weights", "screener_config", "iteration", "lr_scheduler_state", "optimizer_state",
                "logging", "current_epoch", "init_args")
@@ -132,6 +136,21 @@ def load_density_checkpoint(path: PathLike, map_location: Union[str, torch.devic
     if checkpoint.get("stage") != stages.DENSITY or any(k not in checkpoint for k in DENSITY_KEYS):
         missing = [k for k in DENSITY_KEYS if k not in checkpoint]
         raise ScreenerError(f"{path} is not a density checkpoint (stage {checkpoint.get('stage')!r}"
+                            + (f", missing keys {missing})" if missing else ")"))
+    return checkpoint
+
+
+def load_stage_checkpoint(path: PathLike, stage: str,
+                          map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """A baseline checkpoint of ``stage`` (:data:`BASELINE_KEYS`, ``checkpoint["stage"] == stage``).
+
+    Raises:
+        ScreenerError: as :func:`load_checkpoint`, or a checkpoint of another stage.
+    """
+    checkpoint = load_checkpoint(path, map_location, (), f"a {stage} checkpoint")
+    missing = [k for k in BASELINE_KEYS if k not in checkpoint]
+    if checkpoint.get("stage") != stage or missing:
+        raise ScreenerError(f"{path} is not a {stage} checkpoint (stage {checkpoint.get('stage')!r}"
                             + (f", missing keys {missing})" if missing else ")"))
     return checkpoint
 

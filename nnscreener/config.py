@@ -21,6 +21,7 @@ XYZ = Tuple[float, float, float]
 IntXYZ = Tuple[int, int, int]
 
 OBJECTIVES = ("vicreg", "infonce")
+RECONSTRUCTION_LOSSES = ("l1", "l2")
 CONDITIONS = ("masking", "sincos", "none")
 DENSITIES = ("flow", "gaussian")
 BLENDINGS = ("uniform", "gaussian")
@@ -164,6 +165,76 @@ class DensityConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    """The ``baseline_ae`` stage: a 3D convolutional autoencoder (the plans' UNet encoder and a decoder without
+    skips; nnscreener/baselines/autoencoder.py). Score: the absolute reconstruction residual, Gaussian-smoothed."""
+
+    loss: Literal["l1", "l2"] = "l1"  # reconstruction loss on the preprocessed [0, 1] patch
+    latent_channels: int = 16  # channels of the spatial bottleneck (a 1x1x1 convolution after the encoder)
+    score_sigma_mm: float = 3.0  # mm, std of the Gaussian that smooths |x - x_hat| into the score
+    batch_size: int = 4  # patches per step
+    num_iterations: int = 100_000
+    warmup_iterations: int = 1_000
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-6
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class SyntheticAnomalyConfig:
+    """The ``baseline_synthetic`` stage (MOOD-Top1 style): synthetic anomalies blended into training patches
+    (nnscreener/baselines/synthetic_anomalies.py), the plans' UNet regresses the per-voxel blending factor."""
+
+    p_anomaly: float = 0.9  # chance that a training patch gets an anomaly at all
+    alpha_range: Tuple[float, float] = (0.3, 1.0)  # blending factor of the anomalous content
+    radius_mm_range: Tuple[float, float] = (4.0, 30.0)  # mm, half-axes of the ellipsoid / box region
+    # relative chances of the anomaly kinds: foreign patch, intensity change, smooth deformation
+    kind_weights: Tuple[float, float, float] = (0.5, 0.25, 0.25)
+    intensity_shift_range: Tuple[float, float] = (0.05, 0.3)  # |shift| of [0, 1] intensities (sign random)
+    intensity_gain_range: Tuple[float, float] = (0.7, 1.3)  # multiplicative contrast factor
+    deformation_mm_range: Tuple[float, float] = (3.0, 12.0)  # mm, peak displacement of the smooth deformation
+    batch_size: int = 4  # patches per step
+    num_iterations: int = 35_000
+    warmup_iterations: int = 1_000
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class DraemConfig:
+    """The ``baseline_draem`` stage (DRAEM, Zavrtanik et al. 2021, in 3D; nnscreener/baselines/draem.py): smooth-noise
+    shaped anomalies, a reconstructive autoencoder and a discriminative UNet on (image, reconstruction)."""
+
+    p_anomaly: float = 0.5  # chance that a training patch gets an anomaly (DRAEM: half the images)
+    beta_range: Tuple[float, float] = (0.1, 1.0)  # DRAEM's beta: share of the image kept inside the anomaly
+    noise_scale_mm_range: Tuple[float, float] = (10.0, 40.0)  # mm, cell size of the smooth noise that shapes it
+    noise_threshold: float = 1.0  # the anomaly is where the noise (normalised to std 1) exceeds this
+    source_weights: Tuple[float, float] = (0.5, 0.5)  # relative chances of the source: foreign patch, intensity
+    intensity_shift_range: Tuple[float, float] = (0.05, 0.3)  # as baseline_synthetic's, for the intensity source
+    intensity_gain_range: Tuple[float, float] = (0.7, 1.3)
+    latent_channels: int = 16  # the reconstructive autoencoder's bottleneck channels
+    ssim_window: int = 7  # voxels, edge of the SSIM window of the reconstruction loss
+    focal_gamma: float = 2.0  # focal loss of the discriminative network
+    score_window_mm: float = 9.0  # mm, edge of the mean filter that smooths the discriminative output
+    batch_size: int = 4  # patches per step
+    num_iterations: int = 35_000
+    warmup_iterations: int = 1_000
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-5
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     step_size: float = 0.5  # sliding-window step as a fraction of the patch
     blending: Literal["uniform", "gaussian"] = "uniform"
@@ -178,6 +249,9 @@ class ScreenerConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
+    baseline_ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    baseline_synthetic: SyntheticAnomalyConfig = field(default_factory=SyntheticAnomalyConfig)
+    baseline_draem: DraemConfig = field(default_factory=DraemConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -238,6 +312,13 @@ def cpu_config() -> ScreenerConfig:
             checkpoint_every=50,
             log_every=10,
         ),
+        # the baselines at the demo's budget: as many optimizer steps as the three Screener stages together
+        baseline_ae=AutoencoderConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3,
+                                      checkpoint_every=50, log_every=10),
+        baseline_synthetic=SyntheticAnomalyConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3,
+                                                  checkpoint_every=50, log_every=10),
+        baseline_draem=DraemConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3, checkpoint_every=50,
+                                   log_every=10),
         inference=InferenceConfig(step_size=0.5, blending="uniform", batch_size=4),
     )
 
@@ -321,10 +402,45 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.density.density, DENSITIES, "density.density"),
         (cfg.inference.blending, BLENDINGS, "inference.blending"),
         (cfg.network.descriptor_norm, DESCRIPTOR_NORMS, "network.descriptor_norm"),
+        (cfg.baseline_ae.loss, RECONSTRUCTION_LOSSES, "baseline_ae.loss"),
     )
     for value, allowed, name in checks:
         if value not in allowed:
             raise ScreenerError(f"{name}={value!r} is not one of {list(allowed)}")
     if not 0 < cfg.inference.step_size <= 1:
         raise ScreenerError(f"inference.step_size must lie in (0, 1], got {cfg.inference.step_size}")
+    _validate_synthetic_anomalies(cfg.baseline_synthetic)
+    _validate_draem_anomalies(cfg.baseline_draem)
     return cfg
+
+
+def _validate_synthetic_anomalies(cfg: SyntheticAnomalyConfig) -> None:
+    """The anomaly generator's ranges and chances must make sense; ScreenerError naming the field otherwise."""
+    weights = cfg.kind_weights
+    problems = {
+        "p_anomaly": not 0 <= cfg.p_anomaly <= 1,
+        "alpha_range": not 0 < cfg.alpha_range[0] <= cfg.alpha_range[1] <= 1,
+        "kind_weights": len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0,
+        "radius_mm_range": not 0 < cfg.radius_mm_range[0] <= cfg.radius_mm_range[1],
+    }
+    bad = [name for name, wrong in problems.items() if wrong]
+    if bad:
+        raise ScreenerError(f"baseline_synthetic.{bad[0]}={getattr(cfg, bad[0])!r} is invalid: p_anomaly lies in "
+                            f"[0, 1], alpha_range in (0, 1] (low <= high), kind_weights are 3 non-negative chances "
+                            f"(foreign, intensity, deformation) not all 0, radius_mm_range > 0 (low <= high)")
+
+
+def _validate_draem_anomalies(cfg: DraemConfig) -> None:
+    """DRAEM's chances and ranges must make sense; ScreenerError naming the field otherwise."""
+    weights = cfg.source_weights
+    problems = {
+        "p_anomaly": not 0 <= cfg.p_anomaly <= 1,
+        "beta_range": not 0 <= cfg.beta_range[0] <= cfg.beta_range[1] <= 1 or cfg.beta_range[0] >= 1,
+        "source_weights": len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0,
+        "noise_scale_mm_range": not 0 < cfg.noise_scale_mm_range[0] <= cfg.noise_scale_mm_range[1],
+    }
+    bad = [name for name, wrong in problems.items() if wrong]
+    if bad:
+        raise ScreenerError(f"baseline_draem.{bad[0]}={getattr(cfg, bad[0])!r} is invalid: p_anomaly lies in [0, 1], "
+                            f"beta_range in [0, 1] (low < 1, low <= high), source_weights are 2 non-negative chances "
+                            f"(foreign, intensity) not all 0, noise_scale_mm_range > 0 (low <= high)")

@@ -20,7 +20,7 @@ CONFIGURATION = "3d_fullres"
 #: The condition network's configuration: inherits ``3d_fullres`` (same data), with a masking-invariant
 #: architecture (per-voxel LayerNorm; see nnscreener/networks/norms.py).
 CONDITION_CONFIGURATION = "3d_fullres_condition"
-STAGES = stages.STAGE_NAMES
+STAGES = stages.SCREENER_STAGES  # the default model's stages (all stages: stages.STAGE_NAMES)
 
 
 def _env_dir(var: str) -> Path:

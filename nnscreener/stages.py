@@ -1,4 +1,9 @@
-"""The registry of Screener's training stages: trainer, result-folder naming, SSL or not, input channels.
+"""The registry of training stages: trainer, config section, result-folder naming, SSL or not, input channels, and
+which ``nnScreener_predict --method`` scores with a stage's result folder.
+
+Screener's own model is three stages (descriptor, condition, density; :data:`SCREENER_STAGES`); the baselines
+(``baseline_ae``, ``baseline_synthetic``, ``baseline_draem``) are one stage each, trained and predicted with the
+same machinery.
 
 Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern with the stage and its variant in place
 of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__nnScreenerPlans``,
@@ -26,6 +31,10 @@ class Stage:
             or None for the density stage.
         masked_input: whether that network is trained on block-masked views, with the mask as its last input
             channel (the condition model: built from the plans' condition configuration with a mask token).
+        section: the config section holding its schedule (``nnScreener_train --num_iterations`` sets it there).
+        method: the ``nnScreener_predict --method`` that scores scans with this stage's result folder ("" = none).
+        model_loader: ``module:function`` ``(folder, device, checkpoint_name) -> (model, config)`` loading that
+            scoring model (an ``anomaly_map(x, origin_zyx)`` module, docs/design.md C9), or "".
     """
 
     name: str
@@ -33,21 +42,54 @@ class Stage:
     is_ssl: bool
     in_channels: Optional[int]
     masked_input: bool = False
+    section: str = "ssl"
+    method: str = ""
+    model_loader: str = ""
 
     def trainer_class(self) -> Type:
         """The trainer class (a ``ScreenerTrainerBase`` subclass), imported now."""
         module, cls = self.trainer.split(":")
         return getattr(importlib.import_module(module), cls)
 
+    def load_model(self, folder, device="cpu", checkpoint_name: Optional[str] = None):
+        """The scoring model of a trained result folder and its config (:attr:`model_loader`), imported now."""
+        if not self.model_loader:
+            raise ScreenerError(f"stage {self.name!r} has no scoring model")
+        module, function = self.model_loader.split(":")
+        loader = getattr(importlib.import_module(module), function)
+        return loader(folder, device) if checkpoint_name is None else loader(folder, device, checkpoint_name)
+
 
 STAGES: Dict[str, Stage] = {
     "descriptor": Stage("descriptor", "nnscreener.trainers.ssl:DescriptorTrainer", is_ssl=True, in_channels=1),
     "condition": Stage("condition", "nnscreener.trainers.ssl:ConditionTrainer", is_ssl=True, in_channels=2,
                        masked_input=True),
-    "density": Stage("density", "nnscreener.trainers.density:DensityTrainer", is_ssl=False, in_channels=None),
+    "density": Stage("density", "nnscreener.trainers.density:DensityTrainer", is_ssl=False, in_channels=None,
+                     section="density", method="screener", model_loader="nnscreener.model:load_screener_model"),
+    "baseline_ae": Stage("baseline_ae", "nnscreener.trainers.baselines:AutoencoderTrainer", is_ssl=False,
+                         in_channels=1, section="baseline_ae", method="baseline_ae",
+                         model_loader="nnscreener.baselines.autoencoder:load_autoencoder_model"),
+    "baseline_synthetic": Stage("baseline_synthetic", "nnscreener.trainers.baselines:SyntheticAnomalyTrainer",
+                                is_ssl=False, in_channels=1, section="baseline_synthetic",
+                                method="baseline_synthetic",
+                                model_loader="nnscreener.baselines.blend_regression:load_blend_model"),
+    "baseline_draem": Stage("baseline_draem", "nnscreener.trainers.baselines:DraemTrainer", is_ssl=False,
+                            in_channels=1, section="baseline_draem", method="baseline_draem",
+                            model_loader="nnscreener.baselines.draem:load_draem_model"),
 }
 STAGE_NAMES = tuple(STAGES)
+SCREENER_STAGES = ("descriptor", "condition", "density")  # the default model, trained in this order
 DENSITY = "density"
+#: ``nnScreener_predict --method`` -> the stage whose result folder scores the scans ("screener" is the default).
+METHODS: Dict[str, Stage] = {stage.method: stage for stage in STAGES.values() if stage.method}
+DEFAULT_METHOD = "screener"
+
+
+def method_stage(method: str) -> Stage:
+    """The stage behind a prediction method; raises ScreenerError listing the valid ones."""
+    if method not in METHODS:
+        raise ScreenerError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    return METHODS[method]
 
 
 def get_stage(name: str) -> Stage:
@@ -63,7 +105,7 @@ def trainer_class(name: str) -> Type:
 
 
 def input_channels(name: str) -> int:
-    """Input channels of the network an SSL stage trains (descriptor 1, condition 2)."""
+    """Input channels of the network a stage trains (descriptor 1, condition 2, the baselines 1)."""
     stage = get_stage(name)
     if stage.in_channels is None:
         raise ScreenerError(f"stage {name!r} trains no dense feature network")

@@ -11,11 +11,16 @@ def test_registry_names_trainers_and_channels():
     from nnscreener.trainers.density import FROZEN_INPUT_CHANNELS, DensityTrainer
     from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer
 
-    assert stages.STAGE_NAMES == paths.STAGES == ("descriptor", "condition", "density")
+    from nnscreener.trainers.baselines import AutoencoderTrainer, DraemTrainer, SyntheticAnomalyTrainer
+
+    assert stages.SCREENER_STAGES == paths.STAGES == ("descriptor", "condition", "density")
+    assert stages.STAGE_NAMES == paths.STAGES + ("baseline_ae", "baseline_synthetic", "baseline_draem")
     assert [stages.trainer_class(s) for s in stages.STAGE_NAMES] == [DescriptorTrainer, ConditionTrainer,
-                                                                     DensityTrainer]
+                                                                     DensityTrainer, AutoencoderTrainer,
+                                                                     SyntheticAnomalyTrainer, DraemTrainer]
     assert all(stages.trainer_class(s).stage == s for s in stages.STAGE_NAMES)
-    assert [stages.get_stage(s).is_ssl for s in stages.STAGE_NAMES] == [True, True, False]
+    assert all(stages.trainer_class(s).config_section == stages.get_stage(s).section for s in stages.STAGE_NAMES)
+    assert [stages.get_stage(s).is_ssl for s in stages.STAGE_NAMES] == [True, True, False, False, False, False]
     assert (DescriptorTrainer.in_channels, ConditionTrainer.in_channels) == (1, 2)
     assert FROZEN_INPUT_CHANNELS == {"descriptor": 1, "condition": 2}
     with pytest.raises(ScreenerError, match="trains no dense feature network"):
@@ -44,3 +49,14 @@ def test_only_the_condition_network_sees_masked_views():
     from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer
 
     assert ConditionTrainer.masking and not DescriptorTrainer.masking
+
+
+def test_prediction_methods_name_their_stage_and_scoring_model():
+    assert {m: s.name for m, s in stages.METHODS.items()} == {
+        "screener": "density", "baseline_ae": "baseline_ae", "baseline_synthetic": "baseline_synthetic",
+        "baseline_draem": "baseline_draem"}
+    assert stages.method_stage(stages.DEFAULT_METHOD).model_loader == "nnscreener.model:load_screener_model"
+    with pytest.raises(ScreenerError, match=r"unknown method 'draem'; choose one of \['screener'"):
+        stages.method_stage("draem")
+    with pytest.raises(ScreenerError, match="has no scoring model"):
+        stages.get_stage("descriptor").load_model("/nonexistent")

@@ -1,7 +1,8 @@
-"""``nnScreener_predict``: anomaly maps for a folder of CT scans with a trained Screener model.
+"""``nnScreener_predict``: anomaly maps for a folder of CT scans with a trained Screener model (or a baseline).
 
 Writes one float32 ``{case}.nii.gz`` per input scan, in the scan's own geometry (size, spacing, origin, direction),
-NLL in nats, with the body's minimum outside the body.
+higher = more anomalous (Screener: NLL in nats), with the body's minimum outside the body. ``--method`` picks the
+model (:data:`nnscreener.stages.METHODS`: ``screener``, the three-stage model, or a baseline stage).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ PROG = "nnScreener_predict"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Predict Screener anomaly maps (float32 NIfTI, NLL in nats) for CT scans.")
+        prog=PROG, description="Predict anomaly maps (float32 NIfTI, higher = more anomalous; Screener: NLL in "
+                                "nats) for CT scans with a trained Screener model or baseline (--method).")
     parser.add_argument("-i", required=True, metavar="IN",
                         help="input folder of images named {case}_0000.nii.gz (nnU-Net) or plain .nii.gz / .nii / "
                              ".nrrd / .mha files, or one image file")
@@ -29,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", required=True, metavar="DATASET", help="dataset the model was trained on: id or name")
     parser.add_argument("-p", default=paths.DEFAULT_PLANS, metavar="PLANS",
                         help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset)")
+    parser.add_argument("--method", default=stages.DEFAULT_METHOD, choices=tuple(stages.METHODS),
+                        help=f"which trained model scores the scans (default {stages.DEFAULT_METHOD}: descriptor + "
+                             f"condition + density; the others: the trained stage of the same name, e.g. the "
+                             f"baselines of the README)")
+    parser.add_argument("--variant", default="",
+                        help="baselines: the result folder's variant (baseline_ae: its loss, l1 or l2); default: "
+                             "the only one trained for these plans")
     parser.add_argument("--condition", default="masking", choices=CONDITIONS, help="condition of the density model")
     parser.add_argument("--density", default="flow", choices=DENSITIES, help="density model")
     parser.add_argument("--descriptor_variant", default="",
@@ -37,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--condition_variant", default="",
                         help="the density model was trained on this non-default condition variant")
     parser.add_argument("-chk", default=FINAL_CHECKPOINT, metavar="CHECKPOINT",
-                        help=f"checkpoint file in the density result folder (default {FINAL_CHECKPOINT})")
+                        help=f"checkpoint file in the model's result folder (default {FINAL_CHECKPOINT})")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda"),
                         help="device for the networks (default: cuda when available, else cpu)")
     parser.add_argument("-step_size", type=float, default=None,
@@ -72,6 +81,28 @@ def density_folder(dataset: str, condition: str, density: str, plans_name: str, 
     return folder
 
 
+def baseline_folder(dataset: str, stage: str, variant: str, plans_name: str) -> Path:
+    """The result folder of a baseline stage: of ``variant``, or the only one trained for these plans; raises
+    ScreenerError naming what is there when that is not one folder."""
+    pattern = paths.stage_folder(dataset, stage, variant or "*", plans_name)
+    trained = sorted(p for p in pattern.parent.glob(pattern.name) if p.is_dir())
+    if len(trained) != 1:
+        found = [p.name for p in trained] or sorted(p.name for p in pattern.parent.glob(f"{stage}__*") if p.is_dir())
+        need = "pick one with --variant" if len(trained) > 1 else f"train it with nnScreener_train DATASET {stage}"
+        raise ScreenerError(f"no single trained model {pattern} ({stage} stage, plans {plans_name}); {need}. "
+                            f"Trained {stage} models of this dataset: {found or 'none'}")
+    return trained[0]
+
+
+def model_folder(args: argparse.Namespace) -> Path:
+    """The result folder whose model ``--method`` scores with."""
+    stage = stages.method_stage(args.method)
+    if stage.name == stages.DENSITY:
+        return density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
+                              args.condition_variant)
+    return baseline_folder(args.d, stage.name, args.variant, args.p)
+
+
 def resolve_device(name: Optional[str]) -> str:
     import torch
 
@@ -89,11 +120,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ScreenerError(f"input folder {args.i} does not exist")
         from nnscreener.inference.predictor import ScreenerPredictor
 
-        predictor = ScreenerPredictor.from_density_folder(
-            density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
-                           args.condition_variant), resolve_device(args.device), args.chk,
-            step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
-            num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
+        predictor = ScreenerPredictor.from_result_folder(
+            model_folder(args), args.method, resolve_device(args.device), args.chk, step_size=args.step_size,
+            blending=args.blending, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
+            allow_non_ct=args.allow_non_ct)
         summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                                part_id=args.part_id, save_png=args.save_png)
     except ScreenerError as e:

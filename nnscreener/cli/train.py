@@ -1,4 +1,4 @@
-"""``nnScreener_train DATASET {descriptor,condition,density}``: train one Screener stage.
+"""``nnScreener_train DATASET STAGE``: train one stage (Screener's descriptor, condition, density, or a baseline).
 
 Parses the command line into config overrides and calls :func:`nnscreener.trainers.run.train_stage`.
 """
@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnScreener_train",
         description="Train a Screener stage: the descriptor and condition models (dense SSL), then the density "
-                    "model on top of them. Results go to $nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
+                    "model on top of them; or a baseline (baseline_ae: a convolutional autoencoder; "
+                    "baseline_synthetic: a UNet regressing synthetic anomalies). Results go to "
+                    "$nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
     p.add_argument("dataset", help="dataset id or name, e.g. 500 or Dataset500_SyntheticCT")
     p.add_argument("stage", choices=stages.STAGE_NAMES, help="which model to train")
     p.add_argument("-p", dest="plans", default=paths.DEFAULT_PLANS,
@@ -34,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over, deleting the checkpoints of an existing run of the same variant")
     p.add_argument("--seed", type=int, help="seed of python random, numpy, torch and the data loaders (seed; "
                                             "default 0): identical runs on the CPU give identical weights")
-    p.add_argument("--num_iterations", type=int, help="optimizer steps (sets ssl.* or density.num_iterations)")
+    p.add_argument("--num_iterations", type=int,
+                   help="optimizer steps (sets num_iterations of the stage's config section: ssl, density, "
+                        "baseline_ae or baseline_synthetic)")
     p.add_argument("--objective", choices=OBJECTIVES, help="SSL objective (ssl.objective)")
     p.add_argument("--dim", type=int, help="embedding dimension d of descriptor/condition (network.embedding_dim)")
     p.add_argument("--condition", choices=CONDITIONS, help="density stage: condition kind (density.condition)")
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The nested config overrides of the command line: ``--set`` first, then the named flags."""
     overrides = parse_set_overrides(args.overrides)
-    section = "ssl" if stages.get_stage(args.stage).is_ssl else "density"
+    section = stages.get_stage(args.stage).section
     named = {
         (section, "num_iterations"): args.num_iterations,
         ("ssl", "objective"): args.objective,

@@ -1,4 +1,5 @@
-"""Anomaly maps for raw scans: preprocessing, sliding window over descriptor + condition + density, export.
+"""Anomaly maps for raw scans: preprocessing, sliding window over a scoring model (Screener's descriptor + condition +
+density, or a baseline's model: any ``--method`` of :data:`nnscreener.stages.METHODS`), export.
 
 :class:`ScreenerPredictor` owns the loop, with nnU-Net's engineering: preprocessing and export run in background
 worker processes (spawn) so they overlap with the network; patches are cut and moved to the device by a prefetch
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nnscreener import stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT
 from nnscreener.config import BLENDINGS, ScreenerConfig
 from nnscreener.errors import ScreenerError
@@ -197,13 +199,15 @@ class ScreenerPredictor:
             ``body_mask`` (z, y, x) bool, ``properties``). Default: nnScreener's training preprocessing. It must be
             a module-level function when worker processes are used.
         allow_non_ct: with the default ``preprocess_fn``, accept scans whose intensities do not look like CT in HU.
+        method: the ``nnScreener_predict --method`` the model belongs to (recorded in :data:`SETTINGS_FILE`).
     """
 
     def __init__(self, model: nn.Module, plans: ScreenerPlans, device: Union[str, torch.device] = "cpu",
                  step_size: Optional[float] = None, blending: Optional[str] = None,
                  batch_size: Optional[int] = None, num_processes_preprocessing: int = 2,
                  num_processes_export: int = 2, progress: bool = True,
-                 preprocess_fn: Optional[PreprocessFn] = None, allow_non_ct: bool = False) -> None:
+                 preprocess_fn: Optional[PreprocessFn] = None, allow_non_ct: bool = False,
+                 method: str = stages.DEFAULT_METHOD) -> None:
         inference = plans.config.inference
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -226,6 +230,7 @@ class ScreenerPredictor:
         self.progress = progress
         self.preprocess_fn = preprocess_fn or default_preprocess_fn(allow_non_ct)
         self.model = model.to(self.device).eval()
+        self.method = method
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -237,17 +242,27 @@ class ScreenerPredictor:
         Raises:
             ScreenerError: the folder or the checkpoint does not exist.
         """
-        folder = Path(density_folder)
+        return cls.from_result_folder(density_folder, stages.DEFAULT_METHOD, device, checkpoint_name, **kwargs)
+
+    @classmethod
+    def from_result_folder(cls, folder: Union[str, Path], method: str, device: Union[str, torch.device] = "cpu",
+                           checkpoint_name: str = FINAL_CHECKPOINT, **kwargs: Any) -> "ScreenerPredictor":
+        """Loads the scoring model of ``method`` (:data:`nnscreener.stages.METHODS`) from its stage's result folder
+        (``screener``: the density folder; a baseline: its own); ``kwargs`` go to __init__.
+
+        Raises:
+            ScreenerError: an unknown method, or the folder or the checkpoint does not exist.
+        """
+        stage = stages.method_stage(method)
+        folder = Path(folder)
         if not folder.is_dir():
-            raise ScreenerError(f"no trained density model at {folder}: train it with nnScreener_train first")
+            raise ScreenerError(f"no trained {stage.name} model at {folder}: train it with nnScreener_train first")
         if not (folder / checkpoint_name).is_file():
             found = sorted(p.name for p in folder.glob("*.pth"))
             raise ScreenerError(f"checkpoint {folder / checkpoint_name} does not exist (found: {found or 'none'}); "
                                 f"finish training or pick another with -chk")
-        from nnscreener.model import load_screener_model
-
-        model, plans_or_config = load_screener_model(folder, device, checkpoint_name)
-        return cls(model, _plans_from(plans_or_config, folder), device, **kwargs)
+        model, plans_or_config = stage.load_model(folder, device, checkpoint_name)
+        return cls(model, _plans_from(plans_or_config, folder), device, method=method, **kwargs)
 
     # ------------------------------------------------------------------ one volume
     @torch.inference_mode()
@@ -408,6 +423,7 @@ class ScreenerPredictor:
     def settings(self) -> Dict[str, Any]:
         """The settings that decide the maps this predictor writes (recorded in :data:`SETTINGS_FILE`)."""
         return {
+            "method": self.method,
             "dataset": self.plans.dataset_name,
             "plans": self.plans.plans_name,
             "step_size": self.step_size,

@@ -1,0 +1,60 @@
+"""The ``baseline_synthetic`` stage's model (MOOD-Top1 style, Marimont & Tarroni 2023): the plans' UNet regresses,
+per voxel, the blending factor of a synthetic anomaly (:mod:`nnscreener.baselines.synthetic_anomalies`).
+
+The UNet (nnU-Net's ``get_network_from_plans``, one output channel, no deep supervision) outputs a logit per
+voxel; training minimises the binary cross-entropy against the soft target (the blending factor in [0, 1], 0 off
+the anomaly), whose minimiser per voxel is sigmoid(logit) = the expected target. Score: sigmoid(logit), the
+predicted blending factor in [0, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnscreener.baselines.common import load_baseline_model, planned_unet
+from nnscreener.checkpoints import FINAL_CHECKPOINT
+from nnscreener.plans import ScreenerPlans
+
+STAGE = "baseline_synthetic"
+
+
+def blend_factor_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of (B, 1, Z, Y, X) logits against soft targets in [0, 1] (nats per voxel)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+class BlendRegressionModel(nn.Module):
+    """The ``baseline_synthetic`` scoring model (docs/design.md C9): ``forward`` gives logits, ``anomaly_map`` the
+    predicted blending factor.
+
+    Args:
+        unet: the plans' UNet with 1 input and 1 output channel (no deep supervision).
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Z, Y, X) in [0, 1] -> (B, 1, Z, Y, X) logits."""
+        return self.unet(x)
+
+    @torch.no_grad()
+    def anomaly_map(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Z, Y, X) float32 predicted blending factor in [0, 1]; ``origin_zyx`` (B, 3) is not used."""
+        return torch.sigmoid(self.unet(x).float())
+
+
+def build_blend_model(plans: ScreenerPlans) -> BlendRegressionModel:
+    """An untrained :class:`BlendRegressionModel` of the plans."""
+    return BlendRegressionModel(planned_unet(plans, 1, 1))
+
+
+def load_blend_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                     checkpoint_name: str = FINAL_CHECKPOINT):
+    """A trained :class:`BlendRegressionModel` and its config from a ``baseline_synthetic`` result folder."""
+    return load_baseline_model(folder, STAGE, build_blend_model, device, checkpoint_name)

@@ -1,0 +1,99 @@
+"""The synthetic-anomaly generator of baseline_synthetic: exact targets, unchanged context, determinism."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from nnscreener.baselines.synthetic_anomalies import (KINDS, blend, deformation_source, make_synthetic_anomaly,
+                                                      random_region)
+from nnscreener.config import get_preset
+
+SHAPE = (12, 20, 16)
+SPACING = (4.5, 3.0, 3.0)
+
+
+def patches(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.random(SHAPE, dtype=np.float32), rng.random(SHAPE, dtype=np.float32)
+
+
+def config(**changes):
+    return dataclasses.replace(get_preset("cpu").baseline_synthetic, **changes)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_target_is_the_blend_factor_exactly_where_blended_and_zero_elsewhere(kind):
+    weights = tuple(float(k == kind) for k in KINDS)
+    cfg = config(p_anomaly=1.0, kind_weights=weights, radius_mm_range=(6.0, 15.0))
+    image, foreign = patches()
+    for seed in range(8):
+        sample = make_synthetic_anomaly(image, foreign, SPACING, cfg, np.random.default_rng(seed))
+        assert sample.kind == kind and cfg.alpha_range[0] <= sample.alpha <= cfg.alpha_range[1]
+        assert sample.region.any() and not sample.region.all()
+        np.testing.assert_array_equal(sample.target[sample.region], np.float32(sample.alpha))
+        assert (sample.target[~sample.region] == 0).all()
+        np.testing.assert_array_equal(sample.image[~sample.region], image[~sample.region])  # context untouched
+        assert sample.image.dtype == np.float32 and sample.target.dtype == np.float32
+        if kind == "foreign":  # the blend of the two patches, voxel by voxel
+            expected = (1 - sample.alpha) * image + sample.alpha * foreign
+            np.testing.assert_allclose(sample.image[sample.region], expected[sample.region], rtol=1e-5, atol=1e-6)
+        else:
+            assert not np.allclose(sample.image[sample.region], image[sample.region])
+
+
+def test_deterministic_under_a_seed_and_different_across_seeds():
+    image, foreign = patches()
+    cfg = config(p_anomaly=1.0)
+    draws = [make_synthetic_anomaly(image, foreign, SPACING, cfg, np.random.default_rng(s)) for s in (5, 5, 6)]
+    np.testing.assert_array_equal(draws[0].image, draws[1].image)
+    np.testing.assert_array_equal(draws[0].target, draws[1].target)
+    assert not np.array_equal(draws[0].target, draws[2].target)
+
+
+def test_normal_patches_keep_image_and_zero_target():
+    image, foreign = patches()
+    sample = make_synthetic_anomaly(image, foreign, SPACING, config(p_anomaly=0.0), np.random.default_rng(0))
+    assert sample.kind == "none" and not sample.target.any()
+    np.testing.assert_array_equal(sample.image, image)
+    rng = np.random.default_rng(1)
+    kinds = [make_synthetic_anomaly(image, foreign, SPACING, config(p_anomaly=0.5), rng).kind for _ in range(200)]
+    assert 70 < kinds.count("none") < 130  # p_anomaly is the chance of an anomaly
+
+
+def test_region_size_follows_the_radius_in_mm():
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 40)
+    extents = []
+    for _ in range(10):
+        region = random_region(shape, (2.0, 1.0, 1.0), (5.0, 5.0), rng)
+        extents.append([int(np.ptp(i)) + 1 for i in np.nonzero(region)])
+    extents = np.array(extents)  # (trials, 3) voxels spanned per axis (z, y, x)
+    assert (extents <= [6, 11, 11]).all()  # 5 mm half-axes: at most 2.5 z voxels, 5 y / x voxels each side
+    assert (extents.max(axis=0) >= [4, 9, 9]).all()  # and not much less where the patch does not clip
+
+
+def test_blend_formula_and_deformation_peak():
+    image, source = patches()
+    region = np.zeros(SHAPE, dtype=bool)
+    region[2:5, 3:9, 4:6] = True
+    out, target = blend(image, source, region, 0.25)
+    np.testing.assert_allclose(out[region], 0.75 * image[region] + 0.25 * source[region], rtol=1e-6)
+    assert (target[region] == 0.25).all() and (target[~region] == 0).all()
+    ramp = np.broadcast_to(np.arange(SHAPE[2], dtype=np.float32), SHAPE).copy()  # x: a linear ramp
+    cfg = config(deformation_mm_range=(6.0, 6.0))
+    warped = deformation_source(ramp, SPACING, cfg, np.random.default_rng(0))
+    shift_x = np.abs(warped - ramp)[:, :, 3:-3]  # away from the replicated edges
+    assert 0.5 < shift_x.max() <= 6.0 / SPACING[2] + 1e-4  # peak displacement 6 mm = 2 voxels in x
+
+
+@pytest.mark.parametrize("setting", ["p_anomaly=1.5", "alpha_range=0,1", "kind_weights=0,0,0",
+                                     "kind_weights=1,1", "radius_mm_range=5,2"])
+def test_impossible_anomaly_settings_are_refused_by_name(setting):
+    from nnscreener.config import merge, parse_set_overrides, validate
+    from nnscreener.errors import ScreenerError
+
+    field = setting.split("=")[0]
+    with pytest.raises(ScreenerError, match=f"baseline_synthetic.{field}="):
+        validate(merge(get_preset("cpu"), parse_set_overrides([f"baseline_synthetic.{setting}"])))

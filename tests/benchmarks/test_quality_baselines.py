@@ -1,0 +1,58 @@
+"""Part ``baselines`` of the quality campaign: its rows (budget, variant, method) and its table (per lesion kind,
+CPU minutes), without running any training (the tiny end-to-end campaign is test_quality_smoke.py's)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.benchmarks.test_quality_smoke import quality, report
+
+
+def test_baseline_rows_get_the_three_stages_steps_together_and_predict_with_their_method(tmp_path):
+    campaign = quality.Campaign.__new__(quality.Campaign)  # rows() needs only the arguments
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--parts", "baselines",
+                                                       "--scales", "4", "1", "--base_iterations", "10", "20", "30"])
+    rows = campaign.rows()
+    assert [(r.label, r.stage, r.variant, r.key, r.setup.iterations_of(r.stage)) for r in rows] == [
+        ("baseline_ae 1x", "baseline_ae", "l1", "baseline_ae__l1", 60),
+        ("baseline_ae 4x", "baseline_ae", "l1", "baseline_ae__l1", 240),
+        ("baseline_synthetic 1x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 60),
+        ("baseline_synthetic 4x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 240),
+        ("baseline_draem 1x", "baseline_draem", "draem", "baseline_draem__draem", 60),
+        ("baseline_draem 4x", "baseline_draem", "draem", "baseline_draem__draem", 240)]
+    assert rows[0].setup.name == "default_it10-20-30"  # the same results root as the default model at 1x
+    assert quality.BASELINES == ("baseline_ae", "baseline_synthetic", "baseline_draem")
+
+
+def _summary(path: Path, auroc: float, per_kind: dict) -> str:
+    path.write_text(json.dumps({"dataset": {"auroc": auroc, "partial_auroc": 0.2, "aupro": 0.1},
+                                "per_kind": {k: {"auroc": v} for k, v in per_kind.items()}}))
+    return str(path)
+
+
+def test_baselines_table_sets_them_beside_the_default_model_per_lesion_kind(tmp_path):
+    ledger = {"train/s": {"cpu_s": 600, "wall_s": 700}, "train/b": {"cpu_s": 120, "wall_s": 130},
+              "predict/s": {"cpu_s": 60, "wall_s": 70}, "predict/b": {"cpu_s": 30, "wall_s": 40}}
+    rows = [{"part": "scaling", "label": "1x", "iterations": [1, 2, 3], "seeds": {"0": {
+                "cost": {"descriptor": "train/s", "predict": "predict/s"},
+                "summaries": {"all": _summary(tmp_path / "s.json", 0.9, {"nodule": 0.8, "liver": 0.95})}}}},
+            {"part": "baselines", "label": "baseline_ae 1x", "steps": 6, "seeds": {"0": {
+                "cost": {"baseline_ae": "train/b", "predict": "predict/b"},
+                "summaries": {"all": _summary(tmp_path / "b.json", 0.7, {"nodule": 0.6, "liver": 0.75})}}}}]
+    (tmp_path / "campaign.json").write_text(json.dumps({"rows": rows, "protocols": ["all"]}))
+    (tmp_path / "ledger.json").write_text(json.dumps(ledger))
+    table = report.table_baselines(report.Figures(tmp_path), "all")
+    assert "| Screener (masking + flow) 1x | 1 + 2 + 3 | 1 | 0.900 | 0.200 | 0.100 | 10.0 | 1.0 |" in table
+    assert "| baseline_ae 1x | 6 | 1 | 0.700 | 0.200 | 0.100 | 2.0 | 0.5 |" in table
+    assert "| method | nodule | liver |" in table and "| baseline_ae 1x | 0.600 | 0.750 |" in table
+    assert report.table_baselines(report.Figures(_without_baselines(tmp_path)), "all") == \
+        "_part `baselines` not run_"
+
+
+def _without_baselines(work: Path) -> Path:
+    other = work / "other"
+    other.mkdir()
+    campaign = json.loads((work / "campaign.json").read_text())
+    campaign["rows"] = [r for r in campaign["rows"] if r["part"] != "baselines"]
+    (other / "campaign.json").write_text(json.dumps(campaign))
+    return other
