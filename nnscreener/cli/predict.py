@@ -57,7 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow_non_ct", action="store_true",
                         help="score scans whose intensities do not look like CT in Hounsfield units (8-bit pixels, "
                              "no air or soft tissue, values in 0..1); by default they fail with a message")
+    add_findings_arguments(parser)
     return parser
+
+
+def add_findings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The findings options (docs/design.md C12, C13)."""
+    group = parser.add_argument_group("findings", "a findings mask and table per scan at an operating point")
+    group.add_argument("--threshold", default=None, metavar="SPEC",
+                       help="fpr=RATE (voxel false-positive rate on normal scans, e.g. fpr=1e-3), fp_ml=ML "
+                            "(false-positive mL per normal scan, e.g. fp_ml=10) or value=SCORE (nats); fpr and fp_ml "
+                            "need nnScreener_calibrate first. Writes CASE_findings.nii.gz/.json/.csv beside CASE.nii.gz")
+    group.add_argument("--min_volume_ml", type=float, default=0.0, help="drop findings smaller than this (mL)")
+    group.add_argument("--organ_masks", default=None, metavar="FOLDER",
+                       help="folder of organ label maps {case}.nii.gz in each scan's geometry (e.g. TotalSegmentator "
+                            "output; names from FOLDER/labels.json or dataset.json): each finding gets its organ")
+    group.add_argument("--report", action="store_true",
+                       help="also write CASE_findings.png (top findings in three planes, the table) and "
+                            "findings_index.html")
 
 
 def density_folder(dataset: str, condition: str, density: str, plans_name: str, descriptor_variant: str = "",
@@ -94,11 +111,44 @@ def main(argv: Optional[List[str]] = None) -> int:
                            args.condition_variant), resolve_device(args.device), args.chk,
             step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
             num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
+        settings = findings_settings_from_args(args, predictor)
         summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                                part_id=args.part_id, save_png=args.save_png)
+        findings_failed = write_findings_from_args(args, summary, settings) if settings is not None else {}
     except ScreenerError as e:
         return report_error(PROG, e)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or findings_failed else 0
+
+
+def findings_settings_from_args(args: argparse.Namespace, predictor):
+    """The findings settings of ``--threshold`` (None without it), resolved before any map is predicted."""
+    if args.threshold is None:
+        for flag, value in (("--organ_masks", args.organ_masks), ("--report", args.report or None)):
+            if value is not None:
+                raise ScreenerError(f"{flag} needs --threshold")
+        return None
+    from nnscreener.findings.apply import findings_settings
+
+    folder = density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
+                            args.condition_variant)
+    return findings_settings(args.threshold, folder, args.chk, predictor, args.min_volume_ml,
+                             Path(args.organ_masks) if args.organ_masks else None)
+
+
+def write_findings_from_args(args: argparse.Namespace, summary, settings) -> dict:
+    """Writes the run's findings (and report); prints what was written; returns the cases that failed."""
+    from nnscreener.findings.apply import findings_lines, write_run_findings
+
+    written, failed = write_run_findings(Path(args.o), summary.predicted, summary.skipped, settings, args.overwrite)
+    if args.report:
+        from nnscreener.findings.report import write_reports
+
+        failed.update(write_reports(Path(args.o), args.i, sorted(written)))
+    lines = findings_lines(settings, written, failed)
+    print(lines[0])
+    for line in lines[1:]:
+        print(line, file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":
