@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -102,21 +103,35 @@ def resolve_device(name: Optional[str]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if not Path(args.i).exists():
-            raise ScreenerError(f"input folder {args.i} does not exist")
-        from nnscreener.inference.predictor import ScreenerPredictor
-
-        predictor = ScreenerPredictor.from_density_folder(
-            density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
-                           args.condition_variant), resolve_device(args.device), args.chk,
-            step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
-            num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
-        settings = findings_settings_from_args(args, predictor)
-        summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
-                                               part_id=args.part_id, save_png=args.save_png)
-        findings_failed = write_findings_from_args(args, summary, settings) if settings is not None else {}
+        with tempfile.TemporaryDirectory(prefix="nnscreener_dicom_") as staging:
+            return run(args, Path(staging))
     except ScreenerError as e:
         return report_error(PROG, e)
+
+
+def run(args: argparse.Namespace, staging: Path) -> int:
+    """Predicts (and derives findings); returns the exit code. DICOM series are staged as NIfTI in ``staging``."""
+    if not Path(args.i).exists():
+        raise ScreenerError(f"input folder {args.i} does not exist")
+    from nnscreener.inference.dicom_inputs import collect_inputs, write_series_index
+    from nnscreener.inference.predictor import ScreenerPredictor
+
+    predictor = ScreenerPredictor.from_density_folder(
+        density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
+                       args.condition_variant), resolve_device(args.device), args.chk,
+        step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
+        num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
+    settings = findings_settings_from_args(args, predictor)
+    inputs = collect_inputs(args.i, staging)
+    for message in inputs.skipped:
+        print(f"{PROG}: {message}", file=sys.stderr)
+    summary = predictor.predict_from_files(inputs.cases, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
+                                           part_id=args.part_id, save_png=args.save_png)
+    if inputs.series:
+        write_series_index(Path(args.o), inputs.series)
+    findings_failed = {}
+    if settings is not None:
+        findings_failed = write_findings_from_args(args, summary, settings, inputs)
     return 1 if summary.failed or findings_failed else 0
 
 
@@ -135,15 +150,12 @@ def findings_settings_from_args(args: argparse.Namespace, predictor):
                              Path(args.organ_masks) if args.organ_masks else None)
 
 
-def write_findings_from_args(args: argparse.Namespace, summary, settings) -> dict:
-    """Writes the run's findings (and report); prints what was written; returns the cases that failed."""
-    from nnscreener.findings.apply import findings_lines, write_run_findings
+def write_findings_from_args(args: argparse.Namespace, summary, settings, inputs) -> dict:
+    """Writes the run's findings, DICOM-SEGs and report; prints what was written; returns the cases that failed."""
+    from nnscreener.findings.apply import findings_lines, write_run_outputs
 
-    written, failed = write_run_findings(Path(args.o), summary.predicted, summary.skipped, settings, args.overwrite)
-    if args.report:
-        from nnscreener.findings.report import write_reports
-
-        failed.update(write_reports(Path(args.o), args.i, sorted(written)))
+    written, failed = write_run_outputs(Path(args.o), summary.predicted, summary.skipped, settings, args.overwrite,
+                                        {c.case_id: c.files[0] for c in inputs.cases}, inputs.series, args.report)
     lines = findings_lines(settings, written, failed)
     print(lines[0])
     for line in lines[1:]:

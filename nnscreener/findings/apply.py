@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nnscreener.errors import ScreenerError
 from nnscreener.findings.calibrate import model_record
@@ -74,6 +74,41 @@ def write_run_findings(output_dir: Path, predicted: Sequence[str], skipped: Sequ
         if findings is not None:
             written[case] = len(findings.rows)
     return written, failed
+
+
+def write_run_outputs(output_dir: Path, predicted: Sequence[str], skipped: Sequence[str], settings: FindingsSettings,
+                      overwrite: bool, images: Mapping[str, str], series: Mapping[str, Any],
+                      report: bool = False) -> Tuple[Dict[str, int], Dict[str, str]]:
+    """The findings files of a run (:func:`write_run_findings`), a DICOM-SEG for each case that came from a DICOM
+    series (``series``: case -> DicomSeries) and, with ``report``, report PNGs (scans from ``images``: case -> image
+    file) and the folder's index.
+
+    Returns:
+        (case -> number of findings written, case -> error message).
+    """
+    written, failed = write_run_findings(output_dir, predicted, skipped, settings, overwrite)
+    for case in sorted(set(written) & set(series)):
+        try:
+            write_case_seg(output_dir, case, series[case], settings.point.name)
+        except (ScreenerError, ValueError) as e:
+            failed[case] = f"DICOM-SEG: {e}"
+    if report:
+        from nnscreener.findings.report import write_reports
+
+        failed.update(write_reports(output_dir, {c: images[c] for c in written if c in images}))
+    return written, failed
+
+
+def write_case_seg(output_dir: Path, case: str, series, operating_point: str) -> Path:
+    """Writes ``{case}_findings_seg.dcm`` from the case's findings mask file."""
+    import SimpleITK as sitk
+
+    from nnscreener.findings.dicom_seg import seg_file, write_dicom_seg
+    from nnscreener.findings.outputs import findings_files
+    from nnscreener.io.images import read_image
+
+    mask = sitk.GetArrayFromImage(read_image(findings_files(output_dir, case)["mask"]))
+    return write_dicom_seg(mask, series, seg_file(output_dir, case), operating_point)
 
 
 def findings_lines(settings: FindingsSettings, written: Mapping[str, int], failed: Mapping[str, str]) -> List[str]:

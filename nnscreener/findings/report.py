@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from nnscreener.errors import ScreenerError
 from nnscreener.findings.outputs import findings_files
-from nnscreener.inference.input_files import discover_cases, output_file
+from nnscreener.inference.input_files import output_file
 from nnscreener.inference.previews import draw_overlay, map_display_range
 from nnscreener.io.images import read_image
 
@@ -142,15 +142,14 @@ def write_index(out_dir: Path) -> Path:
     return index
 
 
-def write_reports(out_dir: Path, inputs: Union[str, Path], cases: Sequence[str]) -> Dict[str, str]:
-    """Report PNGs of ``cases`` (their scans found in ``inputs`` as prediction found them) and the index; returns
-    case -> error message of reports that failed."""
-    scans = {c.case_id: c.files[0] for c in discover_cases(inputs)}
+def write_reports(out_dir: Path, images: Mapping[str, Union[str, Path]]) -> Dict[str, str]:
+    """Report PNGs of the cases in ``images`` (case -> its scan file) and the folder's index; returns case -> error
+    message of reports that failed."""
     failed: Dict[str, str] = {}
-    for case in cases:
+    for case, image_file in sorted(images.items()):
         try:
-            write_case_report(out_dir, case, scans[case])
-        except (ScreenerError, KeyError, OSError, ValueError) as e:
+            write_case_report(out_dir, case, image_file)
+        except (ScreenerError, OSError, ValueError) as e:
             failed[case] = f"report: {e}"
     write_index(out_dir)
     return failed
