@@ -32,7 +32,7 @@ def series_key(series_uid: str) -> str:
     """The non-identifying case key of a DICOM series.
 
     >>> series_key("1.2.3")
-    'dicom_12a61f4e173f'
+    'dicom_c47f5b18b8a4'
     """
     return DICOM_KEY_PREFIX + hashlib.sha256(series_uid.encode("utf-8")).hexdigest()[:12]
 
