@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -21,7 +22,8 @@ import SimpleITK as sitk
 from nnscreener.errors import ScreenerError
 from nnscreener.findings.calibration import (DEFAULT_FP_ML, DEFAULT_FPRS, DEFAULT_MAX_VOXELS_PER_SCAN, ScanScores,
                                               body_scores, build_calibration, calibration_file, write_calibration)
-from nnscreener.inference.input_files import InputCase, discover_cases
+from nnscreener.inference.dicom_inputs import collect_inputs
+from nnscreener.inference.input_files import InputCase
 from nnscreener.io.images import read_image
 from nnscreener.planning.body_mask import body_mask_from_hu
 
@@ -80,6 +82,13 @@ def score_normal_scan(predictor, case: InputCase, max_voxels: int, seed: int) ->
     return body_scores(case.case_id, score_map, body, image.GetSpacing(), max_voxels, seed)
 
 
+def _score_with_progress(predictor, case: InputCase, max_voxels: int, seed: int, progress: bool) -> ScanScores:
+    scores = score_normal_scan(predictor, case, max_voxels, seed)
+    if progress:
+        print(f"calibration: {case.case_id}: {scores.n_body} body voxels scored", file=sys.stderr)
+    return scores
+
+
 def calibrate(predictor, density_folder: Union[str, Path], checkpoint_name: str, scans: Union[str, Path],
               overwrite: bool = False, fprs: Sequence[float] = DEFAULT_FPRS, fp_mls: Sequence[float] = DEFAULT_FP_ML,
               max_voxels_per_scan: int = DEFAULT_MAX_VOXELS_PER_SCAN, seed: int = 0,
@@ -90,7 +99,8 @@ def calibrate(predictor, density_folder: Union[str, Path], checkpoint_name: str,
         predictor: a ScreenerPredictor holding the model of ``density_folder`` / ``checkpoint_name``.
         density_folder: the model's density result folder; the calibration is written there.
         checkpoint_name: the checkpoint the predictor loaded.
-        scans: folder (or one file) of normal CT scans, as ``nnScreener_predict -i`` takes them.
+        scans: folder (or one file) of normal CT scans (image files or DICOM series), as ``nnScreener_predict -i``
+            takes them.
         overwrite: replace an existing calibration of this checkpoint.
         fprs, fp_mls: named operating points (voxel false-positive rates; mL per scan).
         max_voxels_per_scan: body voxels kept per scan (seeded uniform subsample above).
@@ -105,14 +115,15 @@ def calibrate(predictor, density_folder: Union[str, Path], checkpoint_name: str,
     target = calibration_file(density_folder, checkpoint_name)
     if target.exists() and not overwrite:
         raise ScreenerError(f"calibration {target} exists; pass --overwrite to replace it")
-    cases = discover_cases(scans)
-    if not allow_training_scans:
-        refuse_training_scans(cases, density_folder)
-    start, scored = time.perf_counter(), []
-    for case in cases:
-        scored.append(score_normal_scan(predictor, case, max_voxels_per_scan, seed))
-        if progress:
-            print(f"calibration: {case.case_id}: {scored[-1].n_body} body voxels scored", file=sys.stderr)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nnscreener_dicom_") as staging:
+        inputs = collect_inputs(scans, Path(staging))
+        for message in inputs.skipped:
+            print(f"calibration: {message}", file=sys.stderr)
+        if not allow_training_scans:
+            refuse_training_scans(inputs.cases, density_folder)
+        scored = [_score_with_progress(predictor, case, max_voxels_per_scan, seed, progress)
+                  for case in inputs.cases]
     provenance = {"model": model_record(density_folder, checkpoint_name, predictor),
                   "normal_scans": {"folder": str(Path(scans).resolve()), "seed": seed,
                                    "max_voxels_per_scan": max_voxels_per_scan,
