@@ -73,6 +73,9 @@ def add_findings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--organ_masks", default=None, metavar="FOLDER",
                        help="folder of organ label maps {case}.nii.gz in each scan's geometry (e.g. TotalSegmentator "
                             "output; names from FOLDER/labels.json or dataset.json): each finding gets its organ")
+    group.add_argument("--overwrite_findings", action="store_true",
+                       help="redo the findings files of maps that exist (e.g. at another --threshold) without "
+                            "predicting the maps again")
     group.add_argument("--report", action="store_true",
                        help="also write CASE_findings.png (top findings in three planes, the table) and "
                             "findings_index.html")
@@ -138,7 +141,8 @@ def run(args: argparse.Namespace, staging: Path) -> int:
 def findings_settings_from_args(args: argparse.Namespace, predictor):
     """The findings settings of ``--threshold`` (None without it), resolved before any map is predicted."""
     if args.threshold is None:
-        for flag, value in (("--organ_masks", args.organ_masks), ("--report", args.report or None)):
+        for flag, value in (("--organ_masks", args.organ_masks), ("--report", args.report or None),
+                            ("--overwrite_findings", args.overwrite_findings or None)):
             if value is not None:
                 raise ScreenerError(f"{flag} needs --threshold")
         return None
@@ -154,7 +158,8 @@ def write_findings_from_args(args: argparse.Namespace, summary, settings, inputs
     """Writes the run's findings, DICOM-SEGs and report; prints what was written; returns the cases that failed."""
     from nnscreener.findings.apply import findings_lines, write_run_outputs
 
-    written, failed = write_run_outputs(Path(args.o), summary.predicted, summary.skipped, settings, args.overwrite,
+    written, failed = write_run_outputs(Path(args.o), summary.predicted, summary.skipped, settings,
+                                        args.overwrite or args.overwrite_findings,
                                         {c.case_id: c.files[0] for c in inputs.cases}, inputs.series, args.report)
     lines = findings_lines(settings, written, failed)
     print(lines[0])

@@ -91,6 +91,15 @@ def test_predict_writes_findings_at_a_calibrated_operating_point(calibrated, tmp
     assert len(csv_lines) == 1 + document["n_findings"] and csv_lines[0].startswith("id,voxels,volume_ml")
     assert (out / "patient_findings.png").stat().st_size > 0
     assert "patient_findings.png" in (out / "findings_index.html").read_text()
+    map_time = (out / "patient.nii.gz").stat().st_mtime_ns
+    code, stdout, _ = _run(predict_main, capsys, "-i", scans, "-o", out, *common, "-npp", 0, "-nps", 0,
+                           "--threshold", "fp_ml=1")
+    assert code == 0 and "0 cases" in stdout  # existing findings are kept
+    code, stdout, _ = _run(predict_main, capsys, "-i", scans, "-o", out, *common, "-npp", 0, "-nps", 0,
+                           "--threshold", "fp_ml=1", "--overwrite_findings")
+    assert code == 0 and "1 cases" in stdout and "0 predicted, 1 skipped" in stdout
+    assert json.loads((out / "patient_findings.json").read_text())["operating_point"] == "fp_ml=1"
+    assert (out / "patient.nii.gz").stat().st_mtime_ns == map_time
 
 
 def test_operating_points_need_a_matching_calibration_but_values_do_not(plans, tmp_path, capsys):  # noqa: F811
