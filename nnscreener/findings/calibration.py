@@ -37,7 +37,8 @@ CALIBRATION_VERSION = 1
 DEFAULT_FPRS = (1e-2, 1e-3, 1e-4)  # named voxel false-positive rates
 DEFAULT_FP_ML = (1.0, 10.0)  # named false-positive volumes per scan, mL
 DEFAULT_MAX_VOXELS_PER_SCAN = 4_000_000  # body voxels kept per scan (a seeded uniform subsample above this)
-KINDS = ("fpr", "fp_ml", "value")  # operating-point kinds of --threshold
+KINDS = ("fpr", "fp_ml", "value")
+MODEL_KEYS = ("checkpoint_sha256", "dataset", "plans", "step_size", "blending")  # what must match at prediction  # operating-point kinds of --threshold
 QUANTILE_LEVELS = tuple(sorted({round(i / 100, 2) for i in range(101)} | {0.995, 0.999, 0.9995, 0.9999, 0.99999,
                                                                           0.999999}))
 _CURVE_DECADES = (-8, 0)  # fpr levels of the stored curve: 10 per decade
@@ -316,10 +317,11 @@ class Calibration:
         return 100.0 * (1.0 - fpr)
 
     def model_mismatch(self, expected: Mapping[str, Any]) -> List[str]:
-        """The fields of the stored ``"model"`` record that differ from ``expected`` (``"field: stored != now"``)."""
+        """The fields of :data:`MODEL_KEYS` in the stored ``"model"`` record that differ from ``expected``
+        (``"field: stored != now"``). The folder's path is not compared: a moved model keeps its calibration."""
         stored = self.data.get("model", {})
-        return [f"{key}: {stored.get(key)!r} != {value!r}" for key, value in expected.items()
-                if stored.get(key) != value]
+        return [f"{key}: {stored.get(key)!r} != {expected.get(key)!r}" for key in MODEL_KEYS
+                if key in expected and stored.get(key) != expected[key]]
 
 
 def rate_columns(calibration: Optional[Calibration], threshold: float) -> Tuple[Optional[float], Optional[float]]:
