@@ -23,7 +23,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "pydicom>=2.4",
-        "highdicom>=0.22",  # DICOM-SEG of the findings of DICOM inputs (nnscreener/findings/dicom_seg.py)
+        "highdicom>=0.28",  # DICOM-SEG and parametric maps for DICOM inputs (nnscreener/findings/dicom_out.py)
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
     entry_points={

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
     parser.add_argument("--save_png", action="store_true",
                         help="also write axial and coronal overlay previews to OUT/previews/")
+    parser.add_argument("--dicom_map", action="store_true",
+                        help="for DICOM inputs also write the map as a DICOM Parametric Map, CASE_map_pm.dcm")
     parser.add_argument("--allow_non_ct", action="store_true",
                         help="score scans whose intensities do not look like CT in Hounsfield units (8-bit pixels, "
                              "no air or soft tissue, values in 0..1); by default they fail with a message")
@@ -130,11 +132,18 @@ def run(args: argparse.Namespace, staging: Path) -> int:
         print(f"{PROG}: {message}", file=sys.stderr)
     summary = predictor.predict_from_files(inputs.cases, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                            part_id=args.part_id, save_png=args.save_png)
+    findings_failed = {}
     if inputs.series:
         write_series_index(Path(args.o), inputs.series)
-    findings_failed = {}
+    if inputs.series and args.dicom_map:
+        from nnscreener.findings.dicom_out import write_dicom_maps
+
+        findings_failed.update(write_dicom_maps(Path(args.o), summary.predicted, summary.skipped, inputs.series,
+                                                args.overwrite))
+        for case, message in sorted(findings_failed.items()):
+            print(f"  FAILED {case}: {message}", file=sys.stderr)
     if settings is not None:
-        findings_failed = write_findings_from_args(args, summary, settings, inputs)
+        findings_failed.update(write_findings_from_args(args, summary, settings, inputs))
     return 1 if summary.failed or findings_failed else 0
 
 

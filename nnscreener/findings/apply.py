@@ -103,7 +103,7 @@ def write_case_seg(output_dir: Path, case: str, series, operating_point: str) ->
     """Writes ``{case}_findings_seg.dcm`` from the case's findings mask file."""
     import SimpleITK as sitk
 
-    from nnscreener.findings.dicom_seg import seg_file, write_dicom_seg
+    from nnscreener.findings.dicom_out import seg_file, write_dicom_seg
     from nnscreener.findings.outputs import findings_files
     from nnscreener.io.images import read_image
 

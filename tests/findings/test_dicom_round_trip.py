@@ -1,6 +1,6 @@
-"""NIfTI -> DICOM series (written here with pydicom) -> nnScreener_predict --threshold -> DICOM-SEG -> read back
-with highdicom: the SEG lies on the source slices and holds the findings mask; no patient name or ID of the source
-reaches a log, a table, a report or a file name."""
+"""NIfTI -> DICOM series (written here with pydicom) -> nnScreener_predict --threshold -> DICOM-SEG (and the map as
+a parametric map) -> read back with highdicom / pydicom: both lie on the source slices and hold the findings mask /
+the map; no patient name or ID of the source reaches a log, a table, a report or a file name."""
 import gzip
 import json
 from pathlib import Path
@@ -81,7 +81,7 @@ def test_dicom_series_to_findings_and_a_dicom_seg_on_the_source_slices(plans, tm
     out, key = tmp_path / "out", series_key(uid)
     common = ("-i", inputs, "-o", out, "-d", DATASET_ID, "-p", plans.plans_name, "-device", "cpu", "-npp", 0,
               "-nps", 0)
-    code, stdout, stderr = _run(capsys, *common)
+    code, stdout, stderr = _run(capsys, *common, "--dicom_map")
     assert code == 0, stderr
     assert stderr.count("skipped DICOM series") == 2 and "localizer" in stderr and "not CT" in stderr
     score = sitk.ReadImage(str(out / f"{key}.nii.gz"))
@@ -92,6 +92,13 @@ def test_dicom_series_to_findings_and_a_dicom_seg_on_the_source_slices(plans, tm
     np.testing.assert_allclose(score.GetOrigin(), source.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(score.GetSpacing(), source.GetSpacing(), atol=1e-4)
     threshold = float(np.quantile(sitk.GetArrayFromImage(score), 0.99))
+    pm = pydicom.dcmread(out / f"{key}_map_pm.dcm")
+    assert pm.ReferencedSeriesSequence[0].SeriesInstanceUID == uid and pm.pixel_array.dtype == np.float32
+    for frame, values in zip(pm.PerFrameFunctionalGroupsSequence, pm.pixel_array):
+        k = sops.index(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            [-30.0, 12.0, 100.0 + SPACING_XYZ[2] * k])
+        np.testing.assert_array_equal(values, sitk.GetArrayFromImage(score)[k])
 
     code, stdout, stderr = _run(capsys, *common, "--threshold", f"value={threshold}", "--report")
     assert code == 0, stderr
