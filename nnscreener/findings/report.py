@@ -30,6 +30,7 @@ REPORT_FINDINGS = 4  # findings drawn per PNG (the table lists up to TABLE_ROWS)
 TABLE_ROWS = 12
 INDEX_FILE = "findings_index.html"
 OUTLINE_COLOUR = "cyan"
+OVERLAY_FROM_PERCENTILE = 97.0  # body scores below this percentile are not overlaid in a report
 
 
 def report_file(out_dir: Union[str, Path], case: str) -> Path:
@@ -43,6 +44,18 @@ def _views(centre_zyx: Sequence[int], spacing_xyz: Sequence[float]) -> List[Tupl
     sx, sy, sz = spacing_xyz
     return [("axial", (z, slice(None), slice(None)), sy / sx), ("coronal", (slice(None), y, slice(None)), sz / sx),
             ("sagittal", (slice(None), slice(None), x), sz / sy)]
+
+
+def report_range(map_zyx: np.ndarray, document: Mapping[str, Any]) -> Tuple[float, float]:
+    """The overlay's colour range in a report: from the body's :data:`OVERLAY_FROM_PERCENTILE` (lower scores stay
+    transparent, so the anatomy shows) or the threshold when lower, to the top finding's max score (or the map's)."""
+    body = map_zyx[map_zyx > map_zyx.min()]
+    if body.size == 0:
+        return map_display_range(map_zyx)
+    low = min(float(np.percentile(body, OVERLAY_FROM_PERCENTILE)), float(document["threshold"]))
+    rows = document.get("findings") or []
+    high = float(rows[0]["max_score"]) if rows else float(body.max())
+    return low, (high if high > low else low + 1.0)
 
 
 def _table_text(rows: Sequence[Mapping[str, Any]]) -> List[List[str]]:
@@ -75,7 +88,8 @@ def _title(case: str, document: Mapping[str, Any]) -> str:
     fpr, ml = document.get("normal_fpr_at_threshold"), document.get("normal_fp_ml_per_scan_at_threshold")
     normal = (f"; on normal scans: voxel FPR {fpr:.2g}, {ml:.3g} mL per scan" if fpr is not None and ml is not None
               else "; uncalibrated")
-    return (f"{case}: {document['n_findings']} findings at {document['operating_point']} (score > "
+    count = f"{document['n_findings']} finding{'' if document['n_findings'] == 1 else 's'}"
+    return (f"{case}: {count} at {document['operating_point']} (score > "
             f"{document['threshold']:.3f} nats{normal})")
 
 
@@ -91,7 +105,7 @@ def draw_report(image_zyx: np.ndarray, map_zyx: np.ndarray, mask_zyx: np.ndarray
     fig = Figure(figsize=(19, 3.6 * n_rows + 0.6))
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(n_rows, 4, width_ratios=[1, 1, 1, 1.7])
-    map_range = map_display_range(map_zyx)
+    map_range = report_range(map_zyx, document)
     for r, centre in enumerate(centres):
         for c, (name, index, aspect) in enumerate(_views(centre, spacing_xyz)):
             ax = fig.add_subplot(grid[r, c])
