@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
@@ -84,12 +85,21 @@ def _draw_table(fig: Figure, grid, rows: Sequence[Mapping[str, Any]]) -> None:
         ax.text(0.5, 0.02, f"... and {len(rows) - TABLE_ROWS} more in the CSV", ha="center", fontsize=8)
 
 
+def _count(document: Mapping[str, Any]) -> str:
+    """``"1 finding"``, ``"3 findings"``."""
+    return f"{document['n_findings']} finding{'' if document['n_findings'] == 1 else 's'}"
+
+
+def _link(name: str) -> str:
+    """A file name as an HTML attribute value (URL-quoted, then escaped)."""
+    return html.escape(quote(name))
+
+
 def _title(case: str, document: Mapping[str, Any]) -> str:
     fpr, ml = document.get("normal_fpr_at_threshold"), document.get("normal_fp_ml_per_scan_at_threshold")
     normal = (f"; on normal scans: voxel FPR {fpr:.2g}, {ml:.3g} mL per scan" if fpr is not None and ml is not None
               else "; uncalibrated")
-    count = f"{document['n_findings']} finding{'' if document['n_findings'] == 1 else 's'}"
-    return (f"{case}: {count} at {document['operating_point']} (score > "
+    return (f"{case}: {_count(document)} at {document['operating_point']} (score > "
             f"{document['threshold']:.3f} nats{normal})")
 
 
@@ -144,11 +154,11 @@ def write_index(out_dir: Path) -> Path:
         document = json.loads(path.read_text())
         case = str(document.get("case", path.name[: -len("_findings.json")]))
         png = report_file(out_dir, case)
-        image = f'<br><img src="{html.escape(png.name)}" style="max-width:100%">' if png.is_file() else ""
-        entries.append(f"<h2>{html.escape(case)}</h2><p>{document['n_findings']} findings at "
+        image = f'<br><img src="{_link(png.name)}" style="max-width:100%">' if png.is_file() else ""
+        entries.append(f"<h2>{html.escape(case)}</h2><p>{_count(document)} at "
                        f"{html.escape(str(document['operating_point']))} (score &gt; {document['threshold']:.4f} "
-                       f"nats) - <a href=\"{html.escape(path.with_suffix('.csv').name)}\">table (CSV)</a>, "
-                       f"<a href=\"{html.escape(path.name)}\">JSON</a>{image}</p>")
+                       f"nats) - <a href=\"{_link(path.with_suffix('.csv').name)}\">table (CSV)</a>, "
+                       f"<a href=\"{_link(path.name)}\">JSON</a>{image}</p>")
     index = out_dir / INDEX_FILE
     index.write_text("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>nnScreener findings</title></head>"
                      "<body><h1>nnScreener findings</h1><p>Anomaly scores are NLL in nats; coordinates are LPS mm. "
