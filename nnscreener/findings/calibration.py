@@ -121,6 +121,7 @@ class NormalScores:
         self.scores = scores[order]  # (N,) ascending
         self.n_scans = len(scans)
         self.n_body_voxels = int(n_total)
+        self.scans = list(scans)
         self.tails = {  # tails[kind][j] = rate carried by voxels j.. (ascending order); tails[kind][N] = 0
             "fpr": _tail_sums(stands_for[order] / n_total),
             "fp_ml": _tail_sums(stands_for[order] * per_ml[order]),
@@ -130,6 +131,11 @@ class NormalScores:
         """``fpr(t)`` or ``fp_ml(t)`` (see the module docstring) for each threshold ``t``."""
         index = np.searchsorted(self.scores, np.asarray(thresholds, dtype=np.float64), side="right")
         return self.tails[kind][index]
+
+    def ml_by_scan(self, threshold: float) -> List[float]:
+        """Body volume (mL) above ``threshold`` in each scan, in scan order (subsamples scaled to the body)."""
+        return [float((s.scores > threshold).sum()) * s.n_body / max(s.scores.size, 1) * s.voxel_ml
+                for s in self.scans]
 
     def threshold_for(self, kind: str, target: float) -> float:
         """The smallest observed score ``t`` with ``rate_above(kind, t) <= target``."""
@@ -172,7 +178,8 @@ def operating_point(normal: NormalScores, kind: str, target: float) -> Dict[str,
     threshold = normal.threshold_for(kind, target)
     return {"name": operating_point_name(kind, target), "kind": kind, "target": float(target),
             "threshold": threshold, "fpr": float(normal.rate_above("fpr", threshold)),
-            "fp_ml_per_scan": float(normal.rate_above("fp_ml", threshold))}
+            "fp_ml_per_scan": float(normal.rate_above("fp_ml", threshold)),
+            "fp_ml_by_case": normal.ml_by_scan(threshold)}
 
 
 def build_calibration(scans: Sequence[ScanScores], provenance: Mapping[str, Any],

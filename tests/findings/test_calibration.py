@@ -94,6 +94,10 @@ def test_calibration_file_round_trip_thresholds_percentiles_and_interpolation(tm
     assert rate_columns(calibration, t)[0] == pytest.approx(_slow_rates(scans, t)[0])
     with pytest.raises(ScreenerError, match="outside the range"):
         calibration.threshold(OperatingPoint("fpr", 1e-9))
+    for point in data["operating_points"]:  # per scan, by counting; their mean is the point's fp_ml
+        by_case = [(s.scores.astype(np.float64) > point["threshold"]).sum() * s.voxel_ml for s in scans]
+        np.testing.assert_allclose(point["fp_ml_by_case"], by_case)
+        assert np.mean(by_case) == pytest.approx(point["fp_ml_per_scan"])
     assert json.loads(path.read_text())["cases"][0] == {"case": "n0", "voxels": 6000, "body_voxels": 3000,
                                                         "scored_voxels": 3000, "voxel_ml": 0.002}
 
