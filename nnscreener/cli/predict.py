@@ -132,19 +132,19 @@ def run(args: argparse.Namespace, staging: Path) -> int:
         print(f"{PROG}: {message}", file=sys.stderr)
     summary = predictor.predict_from_files(inputs.cases, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                            part_id=args.part_id, save_png=args.save_png)
-    findings_failed = {}
+    outputs_failed = {}
     if inputs.series:
         write_series_index(Path(args.o), inputs.series)
     if inputs.series and args.dicom_map:
         from nnscreener.findings.dicom_out import write_dicom_maps
 
-        findings_failed.update(write_dicom_maps(Path(args.o), summary.predicted, summary.skipped, inputs.series,
+        outputs_failed.update(write_dicom_maps(Path(args.o), summary.predicted, summary.skipped, inputs.series,
                                                 args.overwrite))
-        for case, message in sorted(findings_failed.items()):
+        for case, message in sorted(outputs_failed.items()):
             print(f"  FAILED {case}: {message}", file=sys.stderr)
     if settings is not None:
-        findings_failed.update(write_findings_from_args(args, summary, settings, inputs))
-    return 1 if summary.failed or findings_failed else 0
+        outputs_failed.update(write_findings_from_args(args, summary, settings, inputs))
+    return 1 if summary.failed or outputs_failed else 0
 
 
 def findings_settings_from_args(args: argparse.Namespace, predictor):
