@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "pydicom>=2.4",
+        "highdicom>=0.28",  # DICOM-SEG and parametric maps for DICOM inputs (nnscreener/findings/dicom_out.py)
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
     entry_points={
@@ -32,6 +33,7 @@ setup(
             "nnScreener_train=nnscreener.cli.train:main",
             "nnScreener_predict=nnscreener.cli.predict:main",
             "nnScreener_evaluate=nnscreener.cli.evaluate:main",
+            "nnScreener_calibrate=nnscreener.cli.calibrate:main",
             "nnScreener_demo=nnscreener.cli.demo:main",
             "nnScreener_convert_nlst=dataset_conversion.convert_nlst:main",
             "nnScreener_convert_amos=dataset_conversion.convert_amos:main",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -63,10 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
     parser.add_argument("--save_png", action="store_true",
                         help="also write axial and coronal overlay previews to OUT/previews/")
+    parser.add_argument("--dicom_map", action="store_true",
+                        help="for DICOM inputs also write the map as a DICOM Parametric Map, CASE_map_pm.dcm")
     parser.add_argument("--allow_non_ct", action="store_true",
                         help="score scans whose intensities do not look like CT in Hounsfield units (8-bit pixels, "
                              "no air or soft tissue, values in 0..1); by default they fail with a message")
+    add_findings_arguments(parser)
     return parser
+
+
+def add_findings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The findings options (docs/design.md C13, C14)."""
+    group = parser.add_argument_group("findings", "a findings mask and table per scan at an operating point")
+    group.add_argument("--threshold", default=None, metavar="SPEC",
+                       help="fpr=RATE (voxel false-positive rate on normal scans, e.g. fpr=1e-3), fp_ml=ML "
+                            "(false-positive mL per normal scan, e.g. fp_ml=10) or value=SCORE (nats); fpr and fp_ml "
+                            "need nnScreener_calibrate first. Writes CASE_findings.nii.gz/.json/.csv beside CASE.nii.gz")
+    group.add_argument("--min_volume_ml", type=float, default=0.0, help="drop findings smaller than this (mL)")
+    group.add_argument("--organ_masks", default=None, metavar="FOLDER",
+                       help="folder of organ label maps {case}.nii.gz in each scan's geometry (e.g. TotalSegmentator "
+                            "output; names from FOLDER/labels.json or dataset.json): each finding gets its organ")
+    group.add_argument("--overwrite_findings", action="store_true",
+                       help="redo the findings files of maps that exist (e.g. at another --threshold) without "
+                            "predicting the maps again")
+    group.add_argument("--report", action="store_true",
+                       help="also write CASE_findings.png (top findings in three planes, the table) and "
+                            "findings_index.html")
 
 
 def density_folder(dataset: str, condition: str, density: str, plans_name: str, descriptor_variant: str = "",
@@ -116,19 +139,70 @@ def resolve_device(name: Optional[str]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if not Path(args.i).exists():
-            raise ScreenerError(f"input folder {args.i} does not exist")
-        from nnscreener.inference.predictor import ScreenerPredictor
-
-        predictor = ScreenerPredictor.from_result_folder(
-            model_folder(args), args.method, resolve_device(args.device), args.chk, step_size=args.step_size,
-            blending=args.blending, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-            allow_non_ct=args.allow_non_ct)
-        summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
-                                               part_id=args.part_id, save_png=args.save_png)
+        with tempfile.TemporaryDirectory(prefix="nnscreener_dicom_") as staging:
+            return run(args, Path(staging))
     except ScreenerError as e:
         return report_error(PROG, e)
-    return 1 if summary.failed else 0
+
+
+def run(args: argparse.Namespace, staging: Path) -> int:
+    """Predicts (and derives findings); returns the exit code. DICOM series are staged as NIfTI in ``staging``."""
+    if not Path(args.i).exists():
+        raise ScreenerError(f"input folder {args.i} does not exist")
+    from nnscreener.inference.dicom_inputs import collect_inputs, write_series_index
+    from nnscreener.inference.predictor import ScreenerPredictor
+
+    predictor = ScreenerPredictor.from_result_folder(
+        model_folder(args), args.method, resolve_device(args.device), args.chk, step_size=args.step_size,
+        blending=args.blending, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
+        allow_non_ct=args.allow_non_ct)
+    settings = findings_settings_from_args(args, predictor)
+    inputs = collect_inputs(args.i, staging)
+    for message in inputs.skipped:
+        print(f"{PROG}: {message}", file=sys.stderr)
+    summary = predictor.predict_from_files(inputs.cases, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
+                                           part_id=args.part_id, save_png=args.save_png)
+    outputs_failed = {}
+    if inputs.series:
+        write_series_index(Path(args.o), inputs.series)
+    if inputs.series and args.dicom_map:
+        from nnscreener.findings.dicom_out import write_dicom_maps
+
+        outputs_failed.update(write_dicom_maps(Path(args.o), summary.predicted, summary.skipped, inputs.series,
+                                                args.overwrite))
+        for case, message in sorted(outputs_failed.items()):
+            print(f"  FAILED {case}: {message}", file=sys.stderr)
+    if settings is not None:
+        outputs_failed.update(write_findings_from_args(args, summary, settings, inputs))
+    return 1 if summary.failed or outputs_failed else 0
+
+
+def findings_settings_from_args(args: argparse.Namespace, predictor):
+    """The findings settings of ``--threshold`` (None without it), resolved before any map is predicted."""
+    if args.threshold is None:
+        for flag, value in (("--organ_masks", args.organ_masks), ("--report", args.report or None),
+                            ("--overwrite_findings", args.overwrite_findings or None)):
+            if value is not None:
+                raise ScreenerError(f"{flag} needs --threshold")
+        return None
+    from nnscreener.findings.apply import findings_settings
+
+    return findings_settings(args.threshold, model_folder(args), args.chk, predictor, args.min_volume_ml,
+                             Path(args.organ_masks) if args.organ_masks else None)
+
+
+def write_findings_from_args(args: argparse.Namespace, summary, settings, inputs) -> dict:
+    """Writes the run's findings, DICOM-SEGs and report; prints what was written; returns the cases that failed."""
+    from nnscreener.findings.apply import findings_lines, write_run_outputs
+
+    written, failed = write_run_outputs(Path(args.o), summary.predicted, summary.skipped, settings,
+                                        args.overwrite or args.overwrite_findings,
+                                        {c.case_id: c.files[0] for c in inputs.cases}, inputs.series, args.report)
+    lines = findings_lines(settings, written, failed)
+    print(lines[0])
+    for line in lines[1:]:
+        print(line, file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":

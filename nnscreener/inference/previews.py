@@ -24,17 +24,30 @@ def focus_voxel(map_zyx: np.ndarray) -> Tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(map_zyx)), map_zyx.shape))
 
 
+def map_display_range(map_zyx: np.ndarray) -> Tuple[float, float]:
+    """The overlay's colour range: the map's minimum (transparent) to its :data:`OVERLAY_TOP_PERCENTILE`."""
+    low = float(map_zyx.min())
+    high = float(np.percentile(map_zyx, OVERLAY_TOP_PERCENTILE))
+    return low, (high if high > low else low + 1.0)
+
+
+def draw_overlay(ax, image_2d: np.ndarray, map_2d: np.ndarray, aspect: float, origin: str,
+                 window_hu: Tuple[float, float], map_range: Tuple[float, float]):
+    """Draws a slice in grey (HU window) with the map over it on a matplotlib axes; returns the map's image (for a
+    colour bar). Voxels at the map's floor (outside the body, the least anomalous) stay transparent."""
+    ax.imshow(image_2d, cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect=aspect, origin=origin,
+              interpolation="nearest")
+    overlay = np.ma.masked_less_equal(map_2d, map_range[0])
+    return ax.imshow(overlay, cmap=OVERLAY_CMAP, vmin=map_range[0], vmax=map_range[1], alpha=OVERLAY_ALPHA,
+                     aspect=aspect, origin=origin, interpolation="nearest")
+
+
 def _draw(image_2d: np.ndarray, map_2d: np.ndarray, aspect: float, origin: str, window_hu: Tuple[float, float],
           map_range: Tuple[float, float], title: str, path: Path) -> None:
     fig = Figure(figsize=(6, 6 * min(max(aspect * image_2d.shape[0] / image_2d.shape[1], 0.3), 3.0)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(image_2d, cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect=aspect, origin=origin,
-              interpolation="nearest")
-    # voxels at the map's floor (outside the body, the least anomalous) stay transparent
-    overlay = np.ma.masked_less_equal(map_2d, map_range[0])
-    shown = ax.imshow(overlay, cmap=OVERLAY_CMAP, vmin=map_range[0], vmax=map_range[1], alpha=OVERLAY_ALPHA,
-                      aspect=aspect, origin=origin, interpolation="nearest")
+    shown = draw_overlay(ax, image_2d, map_2d, aspect, origin, window_hu, map_range)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="anomaly score (NLL, nats)")
     ax.set_title(title)
     ax.set_axis_off()
@@ -61,9 +74,7 @@ def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Seque
     output_stem.parent.mkdir(parents=True, exist_ok=True)
     sx, sy, sz = (float(s) for s in spacing_xyz)
     z, y, _ = focus_voxel(map_zyx)
-    low = float(map_zyx.min())
-    high = float(np.percentile(map_zyx, OVERLAY_TOP_PERCENTILE))
-    map_range = (low, high if high > low else low + 1.0)
+    map_range = map_display_range(map_zyx)
     name = output_stem.name
     axial = output_stem.with_name(f"{name}_axial.png")
     coronal = output_stem.with_name(f"{name}_coronal.png")
