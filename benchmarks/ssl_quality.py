@@ -235,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{m.block_fraction:g} of each side; unit: mean random-pair feature distance)\n\n"
           "| model | masked voxels | visible voxels |\n|---|---:|---:|\n" +
           "\n".join(f"| {k} | {v['masked']:.3f} | {v['visible']:.3f} |" for k, v in probe.items()))
-    print(f"\n## Crop consistency (two crops of each view along x, overlapping; unit: mean random-pair feature "
+    print("\n## Crop consistency (two crops of each view along x, overlapping; unit: mean random-pair feature "
           "distance)\n\n| features | change in the overlap |\n|---|---:|\n" +
           "\n".join(f"| {k} | {v:.3f} |" for k, v in consistency.items()))
     if args.output is not None:

@@ -10,7 +10,7 @@ component's index box (the same box as the index box when the direction is a sig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from nnscreener.baselines.autoencoder import AutoencoderModel, build_autoencoder_model, reconstruction_loss
+from nnscreener.baselines.autoencoder import build_autoencoder_model, reconstruction_loss
 from nnscreener.baselines.blend_regression import blend_factor_loss, build_blend_model
 from nnscreener.errors import ScreenerError
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
