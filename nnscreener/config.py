@@ -24,6 +24,7 @@ OBJECTIVES = ("vicreg", "infonce")
 CONDITIONS = ("masking", "sincos", "none")
 DENSITIES = ("flow", "gaussian")
 BLENDINGS = ("uniform", "gaussian")
+DISTILL_TARGETS = ("map", "map+features")
 
 
 def _zyx(v: Tuple) -> Tuple:
@@ -159,6 +160,29 @@ class DensityConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Distillation of a trained Screener model into the UNet of an nnU-Net plans file (nnscreener/distill/).
+
+    The student is trained by regression (MSE, deep supervision as nnU-Net) on the teacher's anomaly map (and,
+    with ``map+features``, its pooled descriptor), each channel normalised by the median and interquartile range
+    of the training maps. The schedule fields mean what they mean in ``ssl`` / ``density``.
+    """
+
+    targets: Literal["map", "map+features"] = "map"
+    teacher_plans: str = ""  # the teacher's plans name ("" = nnScreenerPlans); set by nnScreener_train --teacher_plans
+    feature_weight: float = 1.0  # weight of the feature channels' MSE (mean over them) beside the map's MSE
+    batch_size: int = 2  # patches of the student plans' patch size per step
+    num_iterations: int = 100_000
+    warmup_iterations: int = 2_000
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-6
+    adam_eps: float = 1e-3
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     step_size: float = 0.5  # sliding-window step as a fraction of the patch
     blending: Literal["uniform", "gaussian"] = "uniform"
@@ -173,6 +197,7 @@ class ScreenerConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -233,6 +258,8 @@ def cpu_config() -> ScreenerConfig:
             checkpoint_every=50,
             log_every=10,
         ),
+        distill=DistillConfig(batch_size=2, num_iterations=300, warmup_iterations=30, learning_rate=1e-3,
+                              checkpoint_every=50, log_every=10),
         inference=InferenceConfig(step_size=0.5, blending="uniform", batch_size=4),
     )
 
@@ -315,6 +342,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.density.condition, CONDITIONS, "density.condition"),
         (cfg.density.density, DENSITIES, "density.density"),
         (cfg.inference.blending, BLENDINGS, "inference.blending"),
+        (cfg.distill.targets, DISTILL_TARGETS, "distill.targets"),
     )
     for value, allowed, name in checks:
         if value not in allowed:

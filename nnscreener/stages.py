@@ -2,7 +2,7 @@
 
 Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern with the stage and its variant in place
 of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__nnScreenerPlans``,
-``density__masking_flow__nnScreenerPlans``). Trainer classes are imported only when asked for, so this module
+``density__masking_flow__nnScreenerPlans``, ``distill__map_masking_flow_nnScreenerPlans__nnUNetPlans``). Trainer classes are imported only when asked for, so this module
 stays cheap to import and free of import cycles (the trainers import it).
 """
 from __future__ import annotations
@@ -19,13 +19,15 @@ class Stage:
     """One training stage.
 
     Attributes:
-        name: ``descriptor`` | ``condition`` | ``density``; the first part of the result folder's name.
+        name: ``descriptor`` | ``condition`` | ``density`` | ``distill``; the first part of the result folder's name.
         trainer: ``module:Class`` of its trainer (imported by :meth:`trainer_class`).
         is_ssl: whether it is a dense SSL stage (trains a DenseFeatureNet; config section ``ssl``).
         in_channels: input channels of the network it trains (1: the image; 2: the masked image and the mask),
             or None for the density stage.
         masked_input: whether that network is trained on block-masked views, with the mask as its last input
             channel (the condition model: built from the plans' condition configuration with a mask token).
+        config_section: the config section holding its schedule (``ssl``, ``density``, ``distill``).
+        predict_method: the ``nnScreener_predict --method`` whose maps this stage's model writes ("" = none).
     """
 
     name: str
@@ -33,6 +35,8 @@ class Stage:
     is_ssl: bool
     in_channels: Optional[int]
     masked_input: bool = False
+    config_section: str = "ssl"
+    predict_method: str = ""
 
     def trainer_class(self) -> Type:
         """The trainer class (a ``ScreenerTrainerBase`` subclass), imported now."""
@@ -44,10 +48,24 @@ STAGES: Dict[str, Stage] = {
     "descriptor": Stage("descriptor", "nnscreener.trainers.ssl:DescriptorTrainer", is_ssl=True, in_channels=1),
     "condition": Stage("condition", "nnscreener.trainers.ssl:ConditionTrainer", is_ssl=True, in_channels=2,
                        masked_input=True),
-    "density": Stage("density", "nnscreener.trainers.density:DensityTrainer", is_ssl=False, in_channels=None),
+    "density": Stage("density", "nnscreener.trainers.density:DensityTrainer", is_ssl=False, in_channels=None,
+                     config_section="density", predict_method="screener"),
+    "distill": Stage("distill", "nnscreener.trainers.distill:DistillTrainer", is_ssl=False, in_channels=None,
+                     config_section="distill", predict_method="distilled"),
 }
 STAGE_NAMES = tuple(STAGES)
 DENSITY = "density"
+DISTILL = "distill"
+#: ``nnScreener_predict --method`` -> the stage whose trained model writes those maps.
+PREDICT_METHODS: Dict[str, str] = {s.predict_method: s.name for s in STAGES.values() if s.predict_method}
+DEFAULT_PREDICT_METHOD = "screener"
+
+
+def predict_stage(method: str) -> str:
+    """The stage of a ``--method``; raises ScreenerError listing the valid methods."""
+    if method not in PREDICT_METHODS:
+        raise ScreenerError(f"unknown method {method!r}; choose one of {sorted(PREDICT_METHODS)}")
+    return PREDICT_METHODS[method]
 
 
 def get_stage(name: str) -> Stage:
@@ -95,6 +113,12 @@ def density_variant(condition: str, density: str, descriptor_variant: str = "", 
     if condition_variant and condition_option(condition).needs_trained_network:
         name += f"_cond-{condition_variant}"
     return name
+
+
+def distill_variant(targets: str, teacher_variant: str, teacher_plans: str) -> str:
+    """Variant name of a distillation run: its targets, the teacher's density variant and the teacher's plans, e.g.
+    ``map_masking_flow_nnScreenerPlans_cpu`` (``map+features`` is written ``mapfeat``)."""
+    return f"{targets.replace('map+features', 'mapfeat')}_{teacher_variant}_{teacher_plans}"
 
 
 def folder_name(stage: str, variant: str, plans_name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from nnscreener import paths, stages
 from nnscreener.cli.common import report_error
-from nnscreener.config import CONDITIONS, DENSITIES, OBJECTIVES, parse_set_overrides
+from nnscreener.config import CONDITIONS, DENSITIES, DISTILL_TARGETS, OBJECTIVES, parse_set_overrides
 from nnscreener.errors import ScreenerError
 from nnscreener.trainers.run import train_stage
 
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnScreener_train",
         description="Train a Screener stage: the descriptor and condition models (dense SSL), then the density "
-                    "model on top of them. Results go to $nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
+                    "model on top of them; optionally distil the trained model into the UNet of nnU-Net plans "
+                    "(distill -p PLANS) for stock nnUNetv2_train -pretrained_weights. Results go to $nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
     p.add_argument("dataset", help="dataset id or name, e.g. 500 or Dataset500_SyntheticCT")
     p.add_argument("stage", choices=stages.STAGE_NAMES, help="which model to train")
     p.add_argument("-p", dest="plans", default=paths.DEFAULT_PLANS,
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor_variant", help="density stage: variant folder of the descriptor to use, "
                                                 "e.g. vicreg_d32 (default: from --objective/--dim)")
     p.add_argument("--condition_variant", help="density stage: variant folder of the condition model to use")
+    p.add_argument("--targets", choices=DISTILL_TARGETS,
+                   help="distill stage: what the student regresses: the teacher's anomaly map, or the map and the "
+                        "descriptor's features (distill.targets; default map)")
+    p.add_argument("--teacher_plans", help="distill stage: plans of the trained Screener model (the teacher; "
+                                           f"default {paths.DEFAULT_PLANS}); -p names the student's nnU-Net plans")
     p.add_argument("--set", dest="overrides", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set ssl.learning_rate=1e-4 (repeatable; geometric "
                         "fields are *_xyz, in x, y, z order)")
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The nested config overrides of the command line: ``--set`` first, then the named flags."""
     overrides = parse_set_overrides(args.overrides)
-    section = "ssl" if stages.get_stage(args.stage).is_ssl else "density"
+    section = stages.get_stage(args.stage).config_section
     named = {
         (section, "num_iterations"): args.num_iterations,
         ("ssl", "objective"): args.objective,
@@ -60,6 +66,8 @@ def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         ("density", "density"): args.density,
         ("density", "descriptor_variant"): args.descriptor_variant,
         ("density", "condition_variant"): args.condition_variant,
+        ("distill", "targets"): args.targets,
+        ("distill", "teacher_plans"): args.teacher_plans,
     }
     for (sec, field), value in named.items():
         if value is not None:
