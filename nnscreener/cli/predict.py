@@ -13,7 +13,7 @@ from typing import List, Optional
 from nnscreener import paths, stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT
 from nnscreener.cli.common import report_error
-from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES
+from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES, DISTILL_TARGETS
 from nnscreener.errors import ScreenerError
 
 PROG = "nnScreener_predict"
@@ -28,7 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", required=True, metavar="OUT", help="output folder ({case}.nii.gz per input case)")
     parser.add_argument("-d", required=True, metavar="DATASET", help="dataset the model was trained on: id or name")
     parser.add_argument("-p", default=paths.DEFAULT_PLANS, metavar="PLANS",
-                        help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset)")
+                        help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset; with "
+                             f"--method distilled the student's nnU-Net plans)")
+    parser.add_argument("--method", default=stages.DEFAULT_PREDICT_METHOD, choices=sorted(stages.PREDICT_METHODS),
+                        help="which trained model writes the maps: screener (the three-stage model, default) or "
+                             "distilled (the student of nnScreener_train DATASET distill -p PLANS: one UNet)")
+    parser.add_argument("--targets", default="map", choices=DISTILL_TARGETS,
+                        help="--method distilled: the student's targets, as given to nnScreener_train (default map)")
+    parser.add_argument("--teacher_plans", default=paths.DEFAULT_PLANS,
+                        help="--method distilled: the teacher's plans, as given to nnScreener_train; -p then names "
+                             f"the student's nnU-Net plans (default {paths.DEFAULT_PLANS})")
     parser.add_argument("--condition", default="masking", choices=CONDITIONS, help="condition of the density model")
     parser.add_argument("--density", default="flow", choices=DENSITIES, help="density model")
     parser.add_argument("--descriptor_variant", default="",
@@ -37,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--condition_variant", default="",
                         help="the density model was trained on this non-default condition variant")
     parser.add_argument("-chk", default=FINAL_CHECKPOINT, metavar="CHECKPOINT",
-                        help=f"checkpoint file in the density result folder (default {FINAL_CHECKPOINT})")
+                        help=f"checkpoint file in the model's result folder (default {FINAL_CHECKPOINT})")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda"),
                         help="device for the networks (default: cuda when available, else cpu)")
     parser.add_argument("-step_size", type=float, default=None,
@@ -72,6 +81,47 @@ def density_folder(dataset: str, condition: str, density: str, plans_name: str, 
     return folder
 
 
+def distill_folder(dataset: str, targets: str, condition: str, density: str, teacher_plans: str, plans_name: str,
+                   descriptor_variant: str = "", condition_variant: str = "") -> Path:
+    """The distill result folder of this student; raises ScreenerError naming it (and the trained ones) if absent."""
+    teacher = stages.density_variant(condition, density, descriptor_variant, condition_variant)
+    folder = paths.stage_folder(dataset, stages.DISTILL, stages.distill_variant(targets, teacher, teacher_plans),
+                                plans_name)
+    if not folder.is_dir():
+        trained = sorted(p.name for p in folder.parent.glob(f"{stages.DISTILL}__*") if p.is_dir())
+        raise ScreenerError(f"no distilled model {folder} (-p {plans_name} --teacher_plans {teacher_plans} --targets "
+                            f"{targets} --condition {condition} --density {density}); distilled models of this "
+                            f"dataset: {trained or 'none'}")
+    return folder
+
+
+def _screener_predictor(args: argparse.Namespace, device: str, **options):
+    from nnscreener.inference.predictor import ScreenerPredictor
+
+    folder = density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
+                            args.condition_variant)
+    return ScreenerPredictor.from_density_folder(folder, device, args.chk, **options)
+
+
+def _distilled_predictor(args: argparse.Namespace, device: str, **options):
+    from nnscreener.distill.predict import student_predictor
+
+    folder = distill_folder(args.d, args.targets, args.condition, args.density, args.teacher_plans, args.p,
+                            args.descriptor_variant, args.condition_variant)
+    return student_predictor(folder, device, args.chk, **options)
+
+
+#: The predictor of each stage that writes maps (``--method`` -> stage: :data:`nnscreener.stages.PREDICT_METHODS`).
+PREDICTORS = {stages.DENSITY: _screener_predictor, stages.DISTILL: _distilled_predictor}
+
+
+def build_predictor(args: argparse.Namespace):
+    """The predictor of ``args.method`` with the command line's options."""
+    return PREDICTORS[stages.predict_stage(args.method)](
+        args, resolve_device(args.device), step_size=args.step_size, blending=args.blending,
+        num_processes_preprocessing=args.npp, num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
+
+
 def resolve_device(name: Optional[str]) -> str:
     import torch
 
@@ -87,13 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if not Path(args.i).exists():
             raise ScreenerError(f"input folder {args.i} does not exist")
-        from nnscreener.inference.predictor import ScreenerPredictor
-
-        predictor = ScreenerPredictor.from_density_folder(
-            density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
-                           args.condition_variant), resolve_device(args.device), args.chk,
-            step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
-            num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
+        predictor = build_predictor(args)
         summary = predictor.predict_from_files(args.i, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
                                                part_id=args.part_id, save_png=args.save_png)
     except ScreenerError as e:

@@ -197,13 +197,15 @@ class ScreenerPredictor:
             ``body_mask`` (z, y, x) bool, ``properties``). Default: nnScreener's training preprocessing. It must be
             a module-level function when worker processes are used.
         allow_non_ct: with the default ``preprocess_fn``, accept scans whose intensities do not look like CT in HU.
+        method: the ``nnScreener_predict --method`` this predictor implements, recorded with the settings.
     """
 
     def __init__(self, model: nn.Module, plans: ScreenerPlans, device: Union[str, torch.device] = "cpu",
                  step_size: Optional[float] = None, blending: Optional[str] = None,
                  batch_size: Optional[int] = None, num_processes_preprocessing: int = 2,
                  num_processes_export: int = 2, progress: bool = True,
-                 preprocess_fn: Optional[PreprocessFn] = None, allow_non_ct: bool = False) -> None:
+                 preprocess_fn: Optional[PreprocessFn] = None, allow_non_ct: bool = False,
+                 method: str = "screener") -> None:
         inference = plans.config.inference
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -218,6 +220,7 @@ class ScreenerPredictor:
         if self.batch_size < 1:
             raise ScreenerError(f"batch size must be at least 1, got {self.batch_size}")
         self.plans = plans
+        self.method = method
         self.plans_manager = plans.plans_manager
         self.configuration_manager = plans.configuration_manager
         self.patch_zyx = tuple(int(p) for p in self.configuration_manager.patch_size)
@@ -408,6 +411,7 @@ class ScreenerPredictor:
     def settings(self) -> Dict[str, Any]:
         """The settings that decide the maps this predictor writes (recorded in :data:`SETTINGS_FILE`)."""
         return {
+            "method": self.method,
             "dataset": self.plans.dataset_name,
             "plans": self.plans.plans_name,
             "step_size": self.step_size,

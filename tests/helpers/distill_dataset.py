@@ -92,3 +92,13 @@ def make_distill_dataset(env: dict) -> Tuple[ScreenerPlans, Path]:
     folder = write_teacher(plans)
     write_student_plans(plans)
     return plans, folder
+
+
+def train_tiny_student(teacher: ScreenerPlans, targets: str = "map", iterations: int = 4, **kwargs) -> Path:
+    """``nnScreener_train 500 distill -p nnUNetPlans`` for a few iterations on the dataset above; its folder."""
+    from nnscreener.trainers.run import train_stage
+
+    overrides = {"distill": {"num_iterations": iterations, "log_every": 2, "checkpoint_every": 2,
+                             "warmup_iterations": 1, "teacher_plans": teacher.plans_name, "targets": targets},
+                 "density": {"condition": "none", "density": "gaussian"}}
+    return train_stage(str(DATASET_ID), "distill", STUDENT_PLANS, overrides, "cpu", **kwargs)
