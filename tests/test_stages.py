@@ -9,13 +9,20 @@ from nnscreener.errors import ScreenerError
 
 def test_registry_names_trainers_and_channels():
     from nnscreener.trainers.density import FROZEN_INPUT_CHANNELS, DensityTrainer
+    from nnscreener.trainers.distill import DistillTrainer
     from nnscreener.trainers.ssl import ConditionTrainer, DescriptorTrainer
 
-    assert stages.STAGE_NAMES == paths.STAGES == ("descriptor", "condition", "density")
+    assert stages.STAGE_NAMES == paths.STAGES == ("descriptor", "condition", "density", "distill")
     assert [stages.trainer_class(s) for s in stages.STAGE_NAMES] == [DescriptorTrainer, ConditionTrainer,
-                                                                     DensityTrainer]
+                                                                     DensityTrainer, DistillTrainer]
     assert all(stages.trainer_class(s).stage == s for s in stages.STAGE_NAMES)
-    assert [stages.get_stage(s).is_ssl for s in stages.STAGE_NAMES] == [True, True, False]
+    assert all(stages.trainer_class(s).config_section == stages.get_stage(s).config_section
+               for s in stages.STAGE_NAMES)
+    assert [stages.get_stage(s).is_ssl for s in stages.STAGE_NAMES] == [True, True, False, False]
+    assert stages.PREDICT_METHODS == {"screener": "density", "distilled": "distill"}
+    assert stages.predict_stage(stages.DEFAULT_PREDICT_METHOD) == "density"
+    with pytest.raises(ScreenerError, match="unknown method 'x'"):
+        stages.predict_stage("x")
     assert (DescriptorTrainer.in_channels, ConditionTrainer.in_channels) == (1, 2)
     assert FROZEN_INPUT_CHANNELS == {"descriptor": 1, "condition": 2}
     with pytest.raises(ScreenerError, match="trains no dense feature network"):
@@ -32,6 +39,8 @@ def test_folder_names_and_variants():
     # a condition variant only names runs whose condition uses the trained condition network
     assert stages.density_variant("sincos", "gaussian", "", "vicreg_d16") == "sincos_gaussian"
     assert stages.density_variant("none", "flow", "infonce_d32", "x") == "none_flow_desc-infonce_d32"
+    assert stages.distill_variant("map+features", "masking_flow", "nnScreenerPlans_cpu") == \
+        "mapfeat_masking_flow_nnScreenerPlans_cpu"
 
 
 def test_stage_folder_rejects_unknown_stages(nnunet_env):

@@ -41,7 +41,7 @@ def teacher_plans_name(overrides: Mapping[str, Any]) -> str:
 
 def move_plans_hint(dataset_name: str, plans_name: str) -> str:
     return (f"plan the labelled dataset with nnU-Net and move its plans here: nnUNetv2_move_plans_between_datasets "
-            f"-s LABELLED_DATASET -t {dataset_name} -sp {plans_name} -tp {plans_name}")
+            f"-s LABELLED_DATASET -t {dataset_name} -sp nnUNetPlans -tp {plans_name}")
 
 
 def read_student_plans(dataset_name: str, plans_name: str) -> Dict[str, Any]:
