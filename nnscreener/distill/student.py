@@ -48,8 +48,8 @@ def read_student_plans(dataset_name: str, plans_name: str) -> Dict[str, Any]:
     """The student's nnU-Net plans dict from ``$nnUNet_preprocessed/<dataset>/<plans_name>.json``.
 
     Raises:
-        ScreenerError: missing or unparsable, written for another dataset (copied instead of moved), or without a
-            ``3d_fullres`` configuration.
+        ScreenerError: missing or unparsable, nnScreener plans, written for another dataset (copied instead of
+            moved), or without a ``3d_fullres`` configuration.
     """
     path = paths.preprocessed_root() / dataset_name / f"{plans_name}.json"
     if not path.is_file():
@@ -61,6 +61,9 @@ def read_student_plans(dataset_name: str, plans_name: str) -> Dict[str, Any]:
     if plans.get("dataset_name") != dataset_name:
         raise ScreenerError(f"{path} names dataset {plans.get('dataset_name')!r}, not {dataset_name!r}: it was copied, "
                             f"not moved; {move_plans_hint(dataset_name, plans_name)}")
+    if "nnscreener" in plans:
+        raise ScreenerError(f"{path} are nnScreener plans (the teacher's kind); -p must name the nnU-Net plans the "
+                            f"supervised training will use: {move_plans_hint(dataset_name, 'nnUNetPlans_from<ID>')}")
     if paths.CONFIGURATION not in plans.get("configurations", {}):
         raise ScreenerError(f"{path} has no {paths.CONFIGURATION!r} configuration, which the student is built from")
     return plans

@@ -113,6 +113,8 @@ def test_copied_or_missing_student_plans_are_refused_with_the_move_command(teach
     overrides = {"distill": {"teacher_plans": teacher.plans_name}}
     with pytest.raises(ScreenerError, match="nnUNetv2_move_plans_between_datasets"):
         load_student_plans("500", "nnUNetResEncPlans", overrides)
+    with pytest.raises(ScreenerError, match="are nnScreener plans"):  # -p forgotten: the default plans
+        load_student_plans("500", teacher.plans_name, overrides)
     path = teacher.preprocessed_dir / f"{STUDENT_PLANS}.json"
     plans = json.loads(path.read_text())
     plans["dataset_name"] = "Dataset501_Labelled"
