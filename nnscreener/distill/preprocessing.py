@@ -1,7 +1,7 @@
 """The student's input: scans preprocessed by nnU-Net's own preprocessor for the student plans.
 
-Training cases are the unlabeled dataset's cases as nnScreener's derived dataset.json lists them (raw images and
-their body masks, docs/design.md C3); the preprocessor named by the student plans (normally nnU-Net's
+Training cases are the unlabeled dataset's raw training images with the body masks nnScreener's planning wrote
+for them (docs/design.md C3); the preprocessor named by the student plans (normally nnU-Net's
 ``DefaultPreprocessor``: transpose, crop to non-zero, the plans' normalization, e.g. ``CTNormalization`` with the
 labelled dataset's intensity statistics, resampling) writes them in nnU-Net's format to the student plans'
 ``data_identifier`` folder under ``$nnUNet_preprocessed``; the raw folder is only read. The body mask rides along
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -69,6 +69,29 @@ def remove_partial_cases(data_dir: Path) -> None:
         leftover.unlink()
 
 
+def training_cases(dataset_name: str) -> Dict[str, Tuple[List[str], str]]:
+    """``{case: ([raw image], body mask file)}`` of the unlabeled dataset: the raw training images (nnU-Net's listing)
+    and the body masks nnScreener's planning wrote under ``$nnUNet_preprocessed`` (docs/design.md C3).
+
+    Raises:
+        ScreenerError: a bad raw dataset, or a case without its body mask (planning has not run on it).
+    """
+    from nnscreener.planning.unlabeled import (BODY_MASK_FOLDER, body_mask_path, list_training_cases,
+                                               load_raw_dataset_json)
+
+    raw_dir = paths.raw_root() / dataset_name
+    raw_json = load_raw_dataset_json(raw_dir)
+    mask_dir = paths.preprocessed_root() / dataset_name / BODY_MASK_FOLDER
+    cases = {}
+    for case, images in list_training_cases(raw_dir, raw_json).items():
+        mask = body_mask_path(mask_dir, case, raw_json["file_ending"])
+        if not mask.is_file():
+            raise ScreenerError(f"missing body mask {mask} of training case {case!r}; run "
+                                f"nnScreener_plan_and_preprocess -d {dataset_name} first")
+        cases[case] = (images, str(mask))
+    return cases
+
+
 def preprocess_training_cases(plans: ScreenerPlans, num_processes: int = 1) -> List[str]:
     """Preprocesses every training case of the unlabeled dataset for the student plans (finished ones are kept).
 
@@ -79,15 +102,15 @@ def preprocess_training_cases(plans: ScreenerPlans, num_processes: int = 1) -> L
         ScreenerError: the derived dataset.json is missing (run nnScreener_plan_and_preprocess), the dataset is not
             one CT channel, or a case fails.
     """
-    from nnscreener.planning.unlabeled import load_derived_dataset, run_with_progress
+    from nnscreener.planning.unlabeled import run_with_progress
 
     check_ct_channels(plans.dataset_json, f"dataset.json of {plans.dataset_name}")
-    _, cases = load_derived_dataset(plans.dataset_name)
+    cases = training_cases(plans.dataset_name)
     data_dir = plans.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_cases(data_dir)
-    todo = [(str(data_dir / case), entry["images"], entry["label"], plans.plans, plans.dataset_json)
-            for case, entry in sorted(cases.items()) if not (data_dir / f"{case}.pkl").is_file()]
+    todo = [(str(data_dir / case), images, mask, plans.plans, plans.dataset_json)
+            for case, (images, mask) in sorted(cases.items()) if not (data_dir / f"{case}.pkl").is_file()]
     if todo:
         run_with_progress(preprocess_training_case, todo, num_processes, f"preprocessing for {plans.plans_name}")
     return sorted(cases)

@@ -24,6 +24,7 @@ from torch import nn
 from nnscreener import paths
 from nnscreener.config import merge, validate
 from nnscreener.errors import ScreenerError
+from nnscreener.planning.unlabeled import BODY_LABELS
 from nnscreener.plans import ScreenerPlans, load_plans
 
 MAP_CHANNEL = 0  # target channel 0 is the teacher's anomaly map; channels 1.. its pooled descriptor (map+features)
@@ -70,9 +71,9 @@ def read_student_plans(dataset_name: str, plans_name: str) -> Dict[str, Any]:
 
 
 def load_student_plans(dataset: str, plans_name: str, overrides: Mapping[str, Any]) -> ScreenerPlans:
-    """The plans a distillation run trains on: the student's nnU-Net plans, with the teacher's dataset.json
-    (nnScreener's derived one: the unlabeled training cases and their body masks) and the teacher's config merged
-    with ``overrides`` (``distill.teacher_plans`` resolved to the name used).
+    """The plans a distillation run trains on: the student's nnU-Net plans, the teacher's dataset.json with the body
+    mask as its one label (nnU-Net samples patch centres from it, docs/design.md C3) and the teacher's config
+    merged with ``overrides`` (``distill.teacher_plans`` resolved to the name used).
 
     Raises:
         ScreenerError: see :func:`read_student_plans`; the teacher plans are missing (:func:`load_plans`).
@@ -82,7 +83,9 @@ def load_student_plans(dataset: str, plans_name: str, overrides: Mapping[str, An
     config = validate(merge(teacher.config, overrides))
     config = merge(config, {"distill": {"teacher_plans": teacher_name}})
     plans = read_student_plans(teacher.dataset_name, plans_name)
-    return replace(teacher, plans_name=plans_name, plans=plans, config=config)
+    dataset_json = {**teacher.dataset_json, "labels": dict(BODY_LABELS)}  # the body mask is the student's seg
+    dataset_json.pop("dataset", None)
+    return replace(teacher, plans_name=plans_name, plans=plans, dataset_json=dataset_json, config=config)
 
 
 def build_student(plans: ScreenerPlans, out_channels: int, deep_supervision: bool = True) -> nn.Module:

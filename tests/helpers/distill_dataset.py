@@ -92,6 +92,11 @@ def make_distill_dataset(env: dict) -> Tuple[ScreenerPlans, Path]:
     plans = ScreenerPlans(plans.dataset_name, plans.plans_name, plans.plans, plans.dataset_json,
                           merge(plans.config, overrides))
     preprocess_teacher_cases(plans)
+    # as nnScreener_plan_and_preprocess leaves it: the raw dataset.json beside the plans, masks in their folder
+    raw_json = Path(env["nnUNet_raw"]) / plans.dataset_name / "dataset.json"
+    (plans.preprocessed_dir / "dataset.json").write_text(raw_json.read_text())
+    plans = ScreenerPlans(plans.dataset_name, plans.plans_name, plans.plans, json.loads(raw_json.read_text()),
+                          plans.config)
     folder = write_teacher(plans)
     write_student_plans(plans)
     return plans, folder
