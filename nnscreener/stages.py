@@ -2,8 +2,10 @@
 
 Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern with the stage and its variant in place
 of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__nnScreenerPlans``,
-``density__masking_flow__nnScreenerPlans``, ``distill__map_masking_flow_nnScreenerPlans__nnUNetPlans``). Trainer classes are imported only when asked for, so this module
-stays cheap to import and free of import cycles (the trainers import it).
+``density__masking_flow__nnScreenerPlans``, ``distill__map_masking_flow_nnScreenerPlans__nnUNetPlans``). Trainer
+classes are imported only when asked for, so this module stays cheap to import and free of import cycles (the
+trainers import it). The registry also maps ``nnScreener_predict --method`` names to the stage whose model writes
+those maps (:data:`PREDICT_METHODS`).
 """
 from __future__ import annotations
 

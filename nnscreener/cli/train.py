@@ -1,4 +1,4 @@
-"""``nnScreener_train DATASET {descriptor,condition,density}``: train one Screener stage.
+"""``nnScreener_train DATASET {descriptor,condition,density,distill}``: train one Screener stage.
 
 Parses the command line into config overrides and calls :func:`nnscreener.trainers.run.train_stage`.
 """
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnScreener_train",
         description="Train a Screener stage: the descriptor and condition models (dense SSL), then the density "
                     "model on top of them; optionally distil the trained model into the UNet of nnU-Net plans "
-                    "(distill -p PLANS) for stock nnUNetv2_train -pretrained_weights. Results go to $nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
+                    "(distill -p PLANS) for stock nnUNetv2_train -pretrained_weights. Results go to "
+                    "$nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
     p.add_argument("dataset", help="dataset id or name, e.g. 500 or Dataset500_SyntheticCT")
     p.add_argument("stage", choices=stages.STAGE_NAMES, help="which model to train")
     p.add_argument("-p", dest="plans", default=paths.DEFAULT_PLANS,
