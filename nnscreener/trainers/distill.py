@@ -2,7 +2,7 @@
 
 ``nnScreener_train DATASET distill -p PLANS [--targets map|map+features] [--teacher_plans P]``. Before the trainer
 is built (:meth:`DistillTrainer.prepare_data`, in the launching process): the unlabeled training cases are
-preprocessed with nnU-Net's own preprocessor for ``PLANS`` (:mod:`nnscreener.distill.preprocessing`) and the
+preprocessed with nnU-Net's own preprocessor for ``PLANS`` (in ``nnUNet_def_n_proc`` processes, default 8, as nnU-Net) (:mod:`nnscreener.distill.preprocessing`) and the
 teacher's targets computed on that grid and cached (:mod:`nnscreener.distill.cache`); both steps skip finished
 cases. Training is the shared machinery of :class:`~nnscreener.trainers.base.ScreenerTrainerBase` (iterations,
 AdamW, checkpoints, ``--c``, seeds, progress); the loss is nnU-Net's deep supervision over an MSE: the student's
@@ -17,6 +17,7 @@ Result folder ``distill__<targets>_<teacher variant>_<teacher plans>__<PLANS>``;
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -40,11 +41,12 @@ def masked_mse(output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return squared.sum(dim=dims) / weight.sum().clamp_min(1e-6)
 
 
-def deep_supervision_weights(n_outputs: int) -> np.ndarray:
-    """nnU-Net's weights of the deep-supervision outputs: 1/2^i, the lowest resolution 0, normalised to sum 1."""
+def deep_supervision_weights(n_outputs: int, ddp: bool = False) -> np.ndarray:
+    """nnU-Net's weights of the deep-supervision outputs: 1/2^i, the lowest resolution 0 (1e-6 under DDP, which
+    refuses parameters without a gradient, as nnU-Net does), normalised to sum 1."""
     weights = np.array([1 / (2 ** i) for i in range(n_outputs)])
     if n_outputs > 1:
-        weights[-1] = 0
+        weights[-1] = 1e-6 if ddp else 0
     return weights / weights.sum()
 
 
@@ -81,7 +83,7 @@ class DistillTrainer(ScreenerTrainerBase):
         from nnscreener.distill.cache import build_target_cache
         from nnscreener.distill.preprocessing import preprocess_training_cases
 
-        preprocess_training_cases(plans)
+        preprocess_training_cases(plans, int(os.environ.get("nnUNet_def_n_proc", 8)))  # nnU-Net's worker count
         build_target_cache(plans, cls.variant_for(plans.config), device)
 
     def __init__(self, plans: dict, configuration: str, fold, dataset_json: dict,
@@ -112,7 +114,7 @@ class DistillTrainer(ScreenerTrainerBase):
         valid = torch.as_tensor(batch["valid"]).to(self.device, non_blocking=True)
         outputs = self.network(data)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        weights = deep_supervision_weights(len(outputs))
+        weights = deep_supervision_weights(len(outputs), self.is_ddp)
         feature_weight = self.screener_config.distill.feature_weight
         loss, logged = 0.0, {}
         for i, (output, w) in enumerate(zip(outputs, weights)):
@@ -132,6 +134,12 @@ class DistillTrainer(ScreenerTrainerBase):
         return {"target_median": list(self.target_stats["median"]), "target_iqr": list(self.target_stats["iqr"]),
                 "out_channels": self.out_channels, "targets": self.screener_config.distill.targets,
                 "teacher": self.variant}
+
+    def on_train_start(self) -> None:
+        """Removes an earlier run's export first: until this run ends, no file offers weights it does not hold."""
+        if self.local_rank == 0:
+            (Path(self.output_folder) / checkpoints.PRETRAINED_WEIGHTS).unlink(missing_ok=True)
+        super().on_train_start()
 
     def on_train_end(self) -> None:
         super().on_train_end()

@@ -25,8 +25,8 @@ def test_methods_come_from_the_stage_registry():
 
 
 @pytest.fixture
-def student(nnunet_env):
-    teacher, _ = make_distill_dataset(nnunet_env)
+def student(nnunet_env, monkeypatch):
+    teacher, _ = make_distill_dataset(nnunet_env, monkeypatch)
     return teacher, train_tiny_student(teacher), Path(nnunet_env["nnUNet_raw"]) / "Dataset500_Phantom" / "imagesTr"
 
 

@@ -51,8 +51,8 @@ print(json.dumps({
 
 
 @pytest.fixture
-def teacher(nnunet_env):
-    plans, _ = make_distill_dataset(nnunet_env)
+def teacher(nnunet_env, monkeypatch):
+    plans, _ = make_distill_dataset(nnunet_env, monkeypatch)
     return plans
 
 

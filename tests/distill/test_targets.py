@@ -49,8 +49,8 @@ def test_axis_positions_are_cell_centred():
 
 
 @pytest.fixture
-def distill_dataset(nnunet_env):
-    return make_distill_dataset(nnunet_env)
+def distill_dataset(nnunet_env, monkeypatch):
+    return make_distill_dataset(nnunet_env, monkeypatch)
 
 
 def test_teacher_map_channel_equals_the_predictors_map(distill_dataset):

@@ -84,8 +84,11 @@ def write_student_plans(teacher: ScreenerPlans, transpose=(0, 1, 2)) -> Path:
     return path
 
 
-def make_distill_dataset(env: dict) -> Tuple[ScreenerPlans, Path]:
-    """Plans, preprocessed teacher cases, a teacher and student plans; returns the teacher plans and folder."""
+def make_distill_dataset(env: dict, monkeypatch=None) -> Tuple[ScreenerPlans, Path]:
+    """Plans, preprocessed teacher cases, a teacher and student plans; returns the teacher plans and folder.
+    With ``monkeypatch``, the distill stage preprocesses in this process (``nnUNet_def_n_proc=1``)."""
+    if monkeypatch is not None:
+        monkeypatch.setenv("nnUNet_def_n_proc", "1")
     overrides = parse_set_overrides(TEACHER_OVERRIDES)
     planned = plan_phantom_dataset(env, "cpu", overrides, DATASET_ID)
     plans = load_plans(DATASET_ID, planned["plans_name"])

@@ -21,8 +21,8 @@ from tests.helpers.distill_dataset import STUDENT_PLANS, make_distill_dataset, t
 
 
 @pytest.fixture
-def teacher(nnunet_env):
-    plans, _ = make_distill_dataset(nnunet_env)
+def teacher(nnunet_env, monkeypatch):
+    plans, _ = make_distill_dataset(nnunet_env, monkeypatch)
     return plans
 
 
@@ -102,6 +102,7 @@ def test_loss_pieces_match_slow_references():
     expected = block(tgt * w) / np.maximum(block(w), 1e-6)
     np.testing.assert_allclose(small.numpy(), expected, atol=1e-12)
     np.testing.assert_allclose(deep_supervision_weights(4), np.array([1, 0.5, 0.25, 0]) / 1.75)
+    np.testing.assert_allclose(deep_supervision_weights(4, ddp=True), np.array([1, 0.5, 0.25, 1e-6]) / (1.75 + 1e-6))
 
 
 def test_map_and_features_train_a_wider_student_and_same_seed_same_weights(teacher):
