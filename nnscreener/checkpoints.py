@@ -18,6 +18,14 @@ Keys (docs/design.md C6, C9, C10):
   frozen networks;
 - baselines (``baseline_ae``, ``baseline_synthetic``, ``baseline_draem``; :data:`BASELINE_KEYS`):
   ``network_weights`` is the whole scoring model (:mod:`nnscreener.baselines`), ``stage`` names which.
+- distill (:data:`DISTILL_KEYS`): ``network_weights`` is the student UNet (nnU-Net's architecture of the student
+  plans, deep supervision on, ``out_channels`` seg-layer outputs), ``target_median`` / ``target_iqr`` (one per
+  target channel, teacher units: channel 0 is the anomaly map in nats), ``targets``, ``teacher`` (the teacher's
+  density folder name) and ``out_channels``.
+
+Beside the distill checkpoint, :data:`PRETRAINED_WEIGHTS` is the student for stock nnU-Net
+(``nnUNetv2_train ... -pretrained_weights FILE``, docs/design.md C15): only ``network_weights`` (CPU tensors,
+no ``module.`` / ``_orig_mod.`` prefixes) and plain metadata, written by :func:`save_pretrained_weights`.
 """
 from __future__ import annotations
 
@@ -40,6 +48,12 @@ SSL_KEYS = ("network_weights", "screener_config", "in_channels")
 DENSITY_KEYS = ("stage", "network_weights", "screener_config")
 #: What a baseline checkpoint needs for its scoring model (:mod:`nnscreener.baselines`).
 BASELINE_KEYS = ("stage", "network_weights", "screener_config")
+#: What a distill checkpoint needs for :func:`~nnscreener.distill.predict.load_student`.
+DISTILL_KEYS = ("stage", "network_weights", "screener_config", "target_median", "target_iqr", "out_channels")
+#: The student's weights for stock ``nnUNetv2_train -pretrained_weights`` (in the distill result folder).
+PRETRAINED_WEIGHTS = "nnunet_pretrained_weights.pth"
+#: Prefixes that wrappers add to state-dict keys (DDP, torch.compile); never in PRETRAINED_WEIGHTS.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 #: What ``nnScreener_train --c`` needs to resume a run.
 RESUME_KEYS = ("network_weights", "screener_config", "iteration", "lr_scheduler_state", "optimizer_state",
                "logging", "current_epoch", "init_args")
@@ -158,3 +172,40 @@ def load_stage_checkpoint(path: PathLike, stage: str,
 def load_resume_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """A checkpoint ``--c`` can resume (:data:`RESUME_KEYS`); the stage check against the run is the trainer's."""
     return load_checkpoint(path, map_location, RESUME_KEYS, "an nnScreener checkpoint")
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """A state dict with every leading :data:`WRAPPER_PREFIXES` (``module.`` of DDP, ``_orig_mod.`` of
+    torch.compile, in any nesting) removed from its keys."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def save_pretrained_weights(network_state: Mapping[str, Any], path: PathLike, metadata: Mapping[str, Any]) -> None:
+    """Writes the file stock nnU-Net loads with ``-pretrained_weights`` (docs/design.md C15), atomically.
+
+    Args:
+        network_state: the student's state dict (any device, possibly with wrapper prefixes).
+        path: the target file, normally ``<distill folder>/PRETRAINED_WEIGHTS``.
+        metadata: plain values stored beside the weights (plans name, teacher, targets); nnU-Net ignores them.
+    """
+    weights = {k: v.detach().cpu().clone() for k, v in strip_wrapper_prefixes(network_state).items()}
+    save_checkpoint({"network_weights": weights, "nnscreener": plain(dict(metadata))}, path)
+
+
+def load_distill_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """A distill checkpoint (:data:`DISTILL_KEYS`, ``stage == "distill"``).
+
+    Raises:
+        ScreenerError: as :func:`load_checkpoint`, or a checkpoint of another stage.
+    """
+    checkpoint = load_checkpoint(path, map_location, (), "a distill checkpoint")
+    missing = [k for k in DISTILL_KEYS if k not in checkpoint]
+    if checkpoint.get("stage") != stages.DISTILL or missing:
+        raise ScreenerError(f"{path} is not a distill checkpoint (stage {checkpoint.get('stage')!r}"
+                            + (f", missing keys {missing})" if missing else ")"))
+    return checkpoint

@@ -26,6 +26,7 @@ CONDITIONS = ("masking", "sincos", "none")
 DENSITIES = ("flow", "gaussian")
 BLENDINGS = ("uniform", "gaussian")
 DESCRIPTOR_NORMS = ("instance", "layer")
+DISTILL_TARGETS = ("map", "map+features")
 
 
 def _zyx(v: Tuple) -> Tuple:
@@ -235,6 +236,29 @@ class DraemConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Distillation of a trained Screener model into the UNet of an nnU-Net plans file (nnscreener/distill/).
+
+    The student is trained by regression (MSE, deep supervision as nnU-Net) on the teacher's anomaly map (and,
+    with ``map+features``, its pooled descriptor), each channel normalised by the median and interquartile range
+    of the training maps. The schedule fields mean what they mean in ``ssl`` / ``density``.
+    """
+
+    targets: Literal["map", "map+features"] = "map"
+    teacher_plans: str = ""  # the teacher's plans name ("" = nnScreenerPlans); set by nnScreener_train --teacher_plans
+    feature_weight: float = 1.0  # weight of the feature channels' MSE (mean over them) beside the map's MSE
+    batch_size: int = 2  # patches of the student plans' patch size per step
+    num_iterations: int = 100_000
+    warmup_iterations: int = 2_000
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-6
+    adam_eps: float = 1e-3
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     step_size: float = 0.5  # sliding-window step as a fraction of the patch
     blending: Literal["uniform", "gaussian"] = "uniform"
@@ -252,6 +276,7 @@ class ScreenerConfig:
     baseline_ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     baseline_synthetic: SyntheticAnomalyConfig = field(default_factory=SyntheticAnomalyConfig)
     baseline_draem: DraemConfig = field(default_factory=DraemConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -319,6 +344,8 @@ def cpu_config() -> ScreenerConfig:
                                                   checkpoint_every=50, log_every=10),
         baseline_draem=DraemConfig(num_iterations=600, warmup_iterations=30, learning_rate=1e-3, checkpoint_every=50,
                                    log_every=10),
+        distill=DistillConfig(batch_size=2, num_iterations=300, warmup_iterations=30, learning_rate=1e-3,
+                              checkpoint_every=50, log_every=10),
         inference=InferenceConfig(step_size=0.5, blending="uniform", batch_size=4),
     )
 
@@ -403,6 +430,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.inference.blending, BLENDINGS, "inference.blending"),
         (cfg.network.descriptor_norm, DESCRIPTOR_NORMS, "network.descriptor_norm"),
         (cfg.baseline_ae.loss, RECONSTRUCTION_LOSSES, "baseline_ae.loss"),
+        (cfg.distill.targets, DISTILL_TARGETS, "distill.targets"),
     )
     for value, allowed, name in checks:
         if value not in allowed:

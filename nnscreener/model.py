@@ -112,6 +112,18 @@ class ScreenerModel(nn.Module):
         y, c = self.pooled_maps(x, origin_zyx)
         return self._nll(y, c)
 
+    @torch.no_grad()
+    def anomaly_map_and_features(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
+        """The anomaly map and the pooled descriptor it scores, in one pass (the distillation targets).
+
+        Args and shapes as :meth:`anomaly_map`.
+
+        Returns:
+            (B, 1 + D [+ S], z', y', x') float32: channel 0 the NLL in nats, then the pooled descriptor y.
+        """
+        y, c = self.pooled_maps(x, origin_zyx)
+        return torch.cat([self._nll(y, c), y], dim=1)
+
 
 def _check_inputs(x: torch.Tensor, origin_zyx: torch.Tensor, stride_zyx: Tuple[int, int, int]) -> None:
     if x.ndim != 5 or x.shape[1] != 1:

@@ -7,8 +7,10 @@ same machinery.
 
 Result folders follow nnU-Net's ``Trainer__Plans__configuration`` pattern with the stage and its variant in place
 of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__nnScreenerPlans``,
-``density__masking_flow__nnScreenerPlans``). Trainer classes are imported only when asked for, so this module
-stays cheap to import and free of import cycles (the trainers import it).
+``density__masking_flow__nnScreenerPlans``, ``distill__map_masking_flow_nnScreenerPlans__nnUNetPlans``). Trainer
+classes are imported only when asked for, so this module stays cheap to import and free of import cycles (the
+trainers import it). The registry also maps ``nnScreener_predict --method`` names to the stage whose model writes
+those maps (:data:`PREDICT_METHODS`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class Stage:
     """One training stage.
 
     Attributes:
-        name: ``descriptor`` | ``condition`` | ``density``; the first part of the result folder's name.
+        name: ``descriptor`` | ``condition`` | ``density`` | ``distill``; the first part of the result folder's name.
         trainer: ``module:Class`` of its trainer (imported by :meth:`trainer_class`).
         is_ssl: whether it is a dense SSL stage (trains a DenseFeatureNet; config section ``ssl``).
         in_channels: input channels of the network it trains (1: the image; 2: the masked image and the mask),
@@ -76,10 +78,13 @@ STAGES: Dict[str, Stage] = {
     "baseline_draem": Stage("baseline_draem", "nnscreener.trainers.baselines:DraemTrainer", is_ssl=False,
                             in_channels=1, section="baseline_draem", method="baseline_draem",
                             model_loader="nnscreener.baselines.draem:load_draem_model"),
+    "distill": Stage("distill", "nnscreener.trainers.distill:DistillTrainer", is_ssl=False, in_channels=None,
+                     section="distill", method="distilled"),
 }
 STAGE_NAMES = tuple(STAGES)
 SCREENER_STAGES = ("descriptor", "condition", "density")  # the default model, trained in this order
 DENSITY = "density"
+DISTILL = "distill"
 #: ``nnScreener_predict --method`` -> the stage whose result folder scores the scans ("screener" is the default).
 METHODS: Dict[str, Stage] = {stage.method: stage for stage in STAGES.values() if stage.method}
 DEFAULT_METHOD = "screener"
@@ -137,6 +142,12 @@ def density_variant(condition: str, density: str, descriptor_variant: str = "", 
     if condition_variant and condition_option(condition).needs_trained_network:
         name += f"_cond-{condition_variant}"
     return name
+
+
+def distill_variant(targets: str, teacher_variant: str, teacher_plans: str) -> str:
+    """Variant name of a distillation run: its targets, the teacher's density variant and the teacher's plans, e.g.
+    ``map_masking_flow_nnScreenerPlans_cpu`` (``map+features`` is written ``mapfeat``)."""
+    return f"{targets.replace('map+features', 'mapfeat')}_{teacher_variant}_{teacher_plans}"
 
 
 def folder_name(stage: str, variant: str, plans_name: str) -> str:

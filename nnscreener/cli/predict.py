@@ -15,7 +15,7 @@ from typing import List, Optional
 from nnscreener import paths, stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT
 from nnscreener.cli.common import report_error
-from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES
+from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES, DISTILL_TARGETS
 from nnscreener.errors import ScreenerError
 
 PROG = "nnScreener_predict"
@@ -31,14 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", required=True, metavar="OUT", help="output folder ({case}.nii.gz per input case)")
     parser.add_argument("-d", required=True, metavar="DATASET", help="dataset the model was trained on: id or name")
     parser.add_argument("-p", default=paths.DEFAULT_PLANS, metavar="PLANS",
-                        help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset)")
+                        help=f"plans name (default {paths.DEFAULT_PLANS}; nnScreenerPlans_cpu for the cpu preset; with "
+                             f"--method distilled the student's nnU-Net plans)")
     parser.add_argument("--method", default=stages.DEFAULT_METHOD, choices=tuple(stages.METHODS),
                         help=f"which trained model scores the scans (default {stages.DEFAULT_METHOD}: descriptor + "
-                             f"condition + density; the others: the trained stage of the same name, e.g. the "
-                             f"baselines of the README)")
+                             f"condition + density; distilled: the student of nnScreener_train DATASET distill -p "
+                             f"PLANS, one UNet; the others: the baseline stage of the same name)")
     parser.add_argument("--variant", default="",
                         help="baselines: the result folder's variant (baseline_ae: its loss, l1 or l2); default: "
                              "the only one trained for these plans")
+    parser.add_argument("--targets", default="map", choices=DISTILL_TARGETS,
+                        help="--method distilled: the student's targets, as given to nnScreener_train (default map)")
+    parser.add_argument("--teacher_plans", default=paths.DEFAULT_PLANS,
+                        help="--method distilled: the teacher's plans, as given to nnScreener_train; -p then names "
+                             f"the student's nnU-Net plans (default {paths.DEFAULT_PLANS})")
     parser.add_argument("--condition", default="masking", choices=CONDITIONS, help="condition of the density model")
     parser.add_argument("--density", default="flow", choices=DENSITIES, help="density model")
     parser.add_argument("--descriptor_variant", default="",
@@ -123,7 +129,40 @@ def model_folder(args: argparse.Namespace) -> Path:
     if stage.name == stages.DENSITY:
         return density_folder(args.d, args.condition, args.density, args.p, args.descriptor_variant,
                               args.condition_variant)
+    if stage.name == stages.DISTILL:
+        return distill_folder(args.d, args.targets, args.condition, args.density, args.teacher_plans, args.p,
+                              args.descriptor_variant, args.condition_variant)
     return baseline_folder(args.d, stage.name, args.variant, args.p)
+
+
+def distill_folder(dataset: str, targets: str, condition: str, density: str, teacher_plans: str, plans_name: str,
+                   descriptor_variant: str = "", condition_variant: str = "") -> Path:
+    """The distill result folder of this student; raises ScreenerError naming it (and the trained ones) if absent."""
+    teacher = stages.density_variant(condition, density, descriptor_variant, condition_variant)
+    folder = paths.stage_folder(dataset, stages.DISTILL, stages.distill_variant(targets, teacher, teacher_plans),
+                                plans_name)
+    if not folder.is_dir():
+        trained = sorted(p.name for p in folder.parent.glob(f"{stages.DISTILL}__*") if p.is_dir())
+        raise ScreenerError(f"no distilled model {folder} (-p {plans_name} --teacher_plans {teacher_plans} --targets "
+                            f"{targets} --condition {condition} --density {density}); distilled models of this "
+                            f"dataset: {trained or 'none'}")
+    return folder
+
+
+def build_predictor(args: argparse.Namespace):
+    """The predictor of ``args.method`` with the command line's options: the sliding-window predictor of a stage's
+    scoring model (:attr:`nnscreener.stages.Stage.model_loader`), or the distilled student's own predictor."""
+    folder, options = model_folder(args), dict(
+        step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
+        num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
+    if args.method == stages.get_stage(stages.DISTILL).method:
+        from nnscreener.distill.predict import student_predictor
+
+        return student_predictor(folder, resolve_device(args.device), args.chk, **options)
+    from nnscreener.inference.predictor import ScreenerPredictor
+
+    return ScreenerPredictor.from_result_folder(folder, args.method, resolve_device(args.device), args.chk,
+                                                **options)
 
 
 def resolve_device(name: Optional[str]) -> str:
@@ -150,12 +189,8 @@ def run(args: argparse.Namespace, staging: Path) -> int:
     if not Path(args.i).exists():
         raise ScreenerError(f"input folder {args.i} does not exist")
     from nnscreener.inference.dicom_inputs import collect_inputs, write_series_index
-    from nnscreener.inference.predictor import ScreenerPredictor
 
-    predictor = ScreenerPredictor.from_result_folder(
-        model_folder(args), args.method, resolve_device(args.device), args.chk, step_size=args.step_size,
-        blending=args.blending, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-        allow_non_ct=args.allow_non_ct)
+    predictor = build_predictor(args)
     settings = findings_settings_from_args(args, predictor)
     inputs = collect_inputs(args.i, staging)
     for message in inputs.skipped:

@@ -1,4 +1,5 @@
-"""``nnScreener_train DATASET STAGE``: train one stage (Screener's descriptor, condition, density, or a baseline).
+"""``nnScreener_train DATASET STAGE``: train one stage (Screener's descriptor, condition, density, a baseline, or
+the distilled student).
 
 Parses the command line into config overrides and calls :func:`nnscreener.trainers.run.train_stage`.
 """
@@ -11,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from nnscreener import paths, stages
 from nnscreener.cli.common import report_error
-from nnscreener.config import CONDITIONS, DENSITIES, OBJECTIVES, parse_set_overrides
+from nnscreener.config import CONDITIONS, DENSITIES, DISTILL_TARGETS, OBJECTIVES, parse_set_overrides
 from nnscreener.errors import ScreenerError
 from nnscreener.trainers.run import train_stage
 
@@ -21,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnScreener_train",
         description="Train a Screener stage: the descriptor and condition models (dense SSL), then the density "
                     "model on top of them; or a baseline (baseline_ae: a convolutional autoencoder; "
-                    "baseline_synthetic: a UNet regressing synthetic anomalies). Results go to "
+                    "baseline_synthetic: a UNet regressing synthetic anomalies). "
+                    "Or distil the trained model into the UNet of nnU-Net plans "
+                    "(distill -p PLANS) for stock nnUNetv2_train -pretrained_weights. Results go to "
                     "$nnUNet_results/DatasetXXX/<stage>__<variant>__<plans>/.")
     p.add_argument("dataset", help="dataset id or name, e.g. 500 or Dataset500_SyntheticCT")
     p.add_argument("stage", choices=stages.STAGE_NAMES, help="which model to train")
@@ -46,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor_variant", help="density stage: variant folder of the descriptor to use, "
                                                 "e.g. vicreg_d32 (default: from --objective/--dim)")
     p.add_argument("--condition_variant", help="density stage: variant folder of the condition model to use")
+    p.add_argument("--targets", choices=DISTILL_TARGETS,
+                   help="distill stage: what the student regresses: the teacher's anomaly map, or the map and the "
+                        "descriptor's features (distill.targets; default map)")
+    p.add_argument("--teacher_plans", help="distill stage: plans of the trained Screener model (the teacher; "
+                                           f"default {paths.DEFAULT_PLANS}); -p names the student's nnU-Net plans")
     p.add_argument("--set", dest="overrides", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set ssl.learning_rate=1e-4 (repeatable; geometric "
                         "fields are *_xyz, in x, y, z order)")
@@ -64,6 +72,8 @@ def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         ("density", "density"): args.density,
         ("density", "descriptor_variant"): args.descriptor_variant,
         ("density", "condition_variant"): args.condition_variant,
+        ("distill", "targets"): args.targets,
+        ("distill", "teacher_plans"): args.teacher_plans,
     }
     for (sec, field), value in named.items():
         if value is not None:

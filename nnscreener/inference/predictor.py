@@ -222,6 +222,7 @@ class ScreenerPredictor:
         if self.batch_size < 1:
             raise ScreenerError(f"batch size must be at least 1, got {self.batch_size}")
         self.plans = plans
+        self.method = method
         self.plans_manager = plans.plans_manager
         self.configuration_manager = plans.configuration_manager
         self.patch_zyx = tuple(int(p) for p in self.configuration_manager.patch_size)

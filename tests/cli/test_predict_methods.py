@@ -36,7 +36,7 @@ def write_untrained_baseline(plans, stage: str, variant: str) -> Path:
 def test_method_choices_come_from_the_stage_registry():
     action = next(a for a in build_parser()._actions if "--method" in a.option_strings)
     assert tuple(action.choices) == tuple(stages.METHODS) == ("screener", "baseline_ae", "baseline_synthetic",
-                                                                "baseline_draem")
+                                                                "baseline_draem", "distilled")
     assert action.default == "screener" and stages.METHODS["screener"].name == "density"
 
 
