@@ -50,6 +50,9 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
         stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6",
                                 "--set", "density.condition_mask_passes=2")},
         ssl_of="default"),
+    "gauss_blend": ConfigSpec("Gaussian sliding-window blending (inference.blending=gaussian; the authors' code) "
+                              "instead of uniform averaging (the paper's text)",
+                              stage_args={"density": ("--set", "inference.blending=gaussian")}, ssl_of="default"),
     "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
                                stage_args={"density": ("--set", "density.condition_mask_passes=2")},
                                ssl_of="default"),
