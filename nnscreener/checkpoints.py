@@ -116,6 +116,18 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     return check_keys(checkpoint, required, str(path), what)
 
 
+def trained_checkpoint(folder: PathLike, checkpoint_name: str, stage: str) -> Path:
+    """``folder / checkpoint_name`` if it exists; otherwise ScreenerError listing the folder's checkpoints and the
+    command that trains ``stage``."""
+    folder = Path(folder)
+    path = folder / checkpoint_name
+    if not path.is_file():
+        found = sorted(p.name for p in folder.glob("checkpoint_*.pth")) if folder.is_dir() else []
+        raise ScreenerError(f"missing {path} (found: {found or 'no checkpoints'}); train it first: "
+                            f"nnScreener_train DATASET {stage}")
+    return path
+
+
 def check_keys(checkpoint: Any, required: Sequence[str], source: str,
                what: str = "an nnScreener checkpoint") -> Dict[str, Any]:
     """Returns ``checkpoint`` if it is a dict holding ``required``; else a ScreenerError naming ``source``."""

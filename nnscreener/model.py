@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 from nnscreener import stages
-from nnscreener.checkpoints import FINAL_CHECKPOINT, load_density_checkpoint
+from nnscreener.checkpoints import FINAL_CHECKPOINT, load_density_checkpoint, trained_checkpoint
 from nnscreener.config import ScreenerConfig
 from nnscreener.density.conditions import (ConditionEncoder, average_pool, condition_option, density_option,
                                            network_embedding_dim)
 from nnscreener.density.intensity import IntensityFeatures
-from nnscreener.errors import ScreenerError
 
 DENSITY_STAGE = stages.DENSITY
 
@@ -183,12 +182,7 @@ def load_screener_model(density_folder: Union[str, Path], device: Union[str, tor
     from nnscreener.plans import load_plans_file
 
     folder = Path(density_folder)
-    ckpt_path = folder / checkpoint_name
-    if not ckpt_path.is_file():
-        found = sorted(p.name for p in folder.glob("checkpoint_*.pth")) if folder.is_dir() else []
-        raise ScreenerError(f"missing {ckpt_path} (found: {found or 'no checkpoints'}); train it first: "
-                            f"nnScreener_train DATASET density")
-    checkpoint = load_density_checkpoint(ckpt_path)
+    checkpoint = load_density_checkpoint(trained_checkpoint(folder, checkpoint_name, "density"))
     config = ScreenerConfig.from_dict(checkpoint["screener_config"])
     plans = replace(load_plans_file(folder / "plans.json", folder / "dataset.json"), config=config)
     dims = checkpoint.get("embedding_dims", {})  # the frozen networks' d, when they differ from the config's

@@ -13,9 +13,8 @@ from typing import Callable, Tuple, Union
 import torch
 from torch import nn
 
-from nnscreener.checkpoints import FINAL_CHECKPOINT, load_stage_checkpoint
+from nnscreener.checkpoints import FINAL_CHECKPOINT, load_stage_checkpoint, trained_checkpoint
 from nnscreener.config import ScreenerConfig
-from nnscreener.errors import ScreenerError
 from nnscreener.plans import ScreenerPlans, load_plans_file
 
 
@@ -57,12 +56,7 @@ def load_baseline_model(folder: Union[str, Path], stage: str, build: Callable[[S
         ScreenerError: a missing file, or a checkpoint of another stage.
     """
     folder = Path(folder)
-    path = folder / checkpoint_name
-    if not path.is_file():
-        found = sorted(p.name for p in folder.glob("checkpoint_*.pth")) if folder.is_dir() else []
-        raise ScreenerError(f"missing {path} (found: {found or 'no checkpoints'}); train it first: "
-                            f"nnScreener_train DATASET {stage}")
-    checkpoint = load_stage_checkpoint(path, stage)
+    checkpoint = load_stage_checkpoint(trained_checkpoint(folder, checkpoint_name, stage), stage)
     config = ScreenerConfig.from_dict(checkpoint["screener_config"])
     plans = replace(load_plans_file(folder / "plans.json", folder / "dataset.json"), config=config)
     model = build(plans)
