@@ -181,7 +181,8 @@ class Campaign:
         spec = CONFIGS[config]
         iterations = tuple(max(1, round(scale * n)) for n in self.args.base_iterations)
         steps = str(iterations[0]) if len(set(iterations)) == 1 else "-".join(map(str, iterations))
-        plans = f"{BASE_PLANS}_{config}" if spec.plan_set else BASE_PLANS
+        planned = spec.ssl_of or config  # a density-only configuration uses the plans of its SSL models
+        plans = f"{BASE_PLANS}_{planned}" if CONFIGS[planned].plan_set else BASE_PLANS
         train_args = (*spec.train_args, *[a for item in self.args.train_set for a in ("--set", item)])
         return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
                      untrained, scale)

@@ -20,7 +20,7 @@ class ConfigSpec:
     plan_set: Tuple[str, ...] = ()
     train_args: Tuple[str, ...] = ()
     stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
-    ssl_of: str = ""  # a density-only configuration: reuses that configuration's descriptor and condition models
+    ssl_of: str = ""  # a density-only configuration: reuses that configuration's plans, descriptor and condition
 
 
 _WIDTH = get_preset(BASE_PRESET).network.base_num_features
@@ -53,6 +53,9 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "gauss_blend": ConfigSpec("Gaussian sliding-window blending (inference.blending=gaussian; the authors' code) "
                               "instead of uniform averaging (the paper's text)",
                               stage_args={"density": ("--set", "inference.blending=gaussian")}, ssl_of="default"),
+    "desc_layernorm_gauss": ConfigSpec("desc_layernorm's descriptor and condition, Gaussian blending",
+                                       stage_args={"density": ("--set", "inference.blending=gaussian")},
+                                       ssl_of="desc_layernorm"),
     "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
                                stage_args={"density": ("--set", "density.condition_mask_passes=2")},
                                ssl_of="default"),

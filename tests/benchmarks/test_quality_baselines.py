@@ -56,3 +56,11 @@ def _without_baselines(work: Path) -> Path:
     campaign["rows"] = [r for r in campaign["rows"] if r["part"] != "baselines"]
     (other / "campaign.json").write_text(json.dumps(campaign))
     return other
+
+
+def test_density_only_configurations_use_the_plans_of_their_ssl_models(tmp_path):
+    campaign = quality.Campaign.__new__(quality.Campaign)
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--base_iterations", "10"])
+    assert campaign.setup("desc_layernorm", 1).plans == "nnScreenerPlans_cpu_desc_layernorm"
+    assert campaign.setup("desc_layernorm_gauss", 1).plans == "nnScreenerPlans_cpu_desc_layernorm"
+    assert campaign.setup("gauss_blend", 1).plans == campaign.setup("default", 1).plans == "nnScreenerPlans_cpu"
