@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-step_size", type=float, default=None,
                         help="sliding-window step as a fraction of the patch, in (0, 1] (default: the plans', 0.5)")
     parser.add_argument("--blending", default=None, choices=BLENDINGS,
-                        help="how overlapping patch maps are combined (default: the plans', uniform as in the paper)")
+                        help="how overlapping patch maps are combined (default: the plans', gaussian as the "
+                             "authors' code; uniform: the paper's plain averaging)")
     parser.add_argument("-npp", type=int, default=2,
                         help="preprocessing worker processes (default 2; 0 = in the main process)")
     parser.add_argument("-nps", type=int, default=2,

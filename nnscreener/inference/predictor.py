@@ -190,7 +190,8 @@ class ScreenerPredictor:
         plans: the plans the model was trained with (preprocessing, patch size, geometry inversion).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         step_size: window stride as a fraction of the patch, in (0, 1]; default: the plans' ``inference.step_size``.
-        blending: ``"uniform"`` (the paper) or ``"gaussian"`` (nnU-Net); default: the plans' ``inference.blending``.
+        blending: ``"gaussian"`` (nnU-Net, the authors' code) or ``"uniform"`` (the paper's text); default: the
+            plans' ``inference.blending``.
         batch_size: patches per forward; default: the plans' ``inference.batch_size``.
         num_processes_preprocessing: preprocessing worker processes; 0 preprocesses in the calling thread.
         num_processes_export: export (resampling + writing) worker processes; 0 exports in the calling thread.

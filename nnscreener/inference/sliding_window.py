@@ -2,8 +2,8 @@
 
 The loop itself lives in :mod:`nnscreener.inference.predictor`; this module only says where the windows go
 (:func:`iter_windows`, with nnU-Net's own step rule), pads volumes smaller than a patch (:func:`pad_to_patch`,
-with acvl_utils' ``pad_nd_image``) and blends (:class:`Stitcher`, a float32 accumulator with uniform weights as
-in the paper or nnU-Net's cached Gaussian).
+with acvl_utils' ``pad_nd_image``) and blends (:class:`Stitcher`, a float32 accumulator with nnU-Net's cached
+Gaussian, as the authors' code, or uniform weights, as the paper's text).
 
 Axis order: volumes are (c, z, y, x) arrays / tensors and (z, y, x) shapes; batches are (B, 1, Z, Y, X).
 """
