@@ -59,7 +59,7 @@ def test_teacher_map_channel_equals_the_predictors_map(distill_dataset):
     data = torch.rand(1, 14, 30, 25)
     fields = teacher_fields(model, data, plans.configuration_manager.patch_size, 0.5, "uniform", 3, True)
     reference = ScreenerPredictor(model, plans, progress=False, num_processes_preprocessing=0,
-                                  num_processes_export=0).predict_preprocessed(data)
+                                  num_processes_export=0, blending="uniform").predict_preprocessed(data)
     assert fields.shape == (1 + 8, 14, 30, 25)  # map + the descriptor's 8 channels
     torch.testing.assert_close(fields[0], reference, rtol=1e-5, atol=1e-5)
     only_map = teacher_fields(model, data, plans.configuration_manager.patch_size, 0.5, "uniform", 3, False)
