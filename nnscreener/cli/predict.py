@@ -86,7 +86,8 @@ def add_findings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", default=None, metavar="SPEC",
                        help="fpr=RATE (voxel false-positive rate on normal scans, e.g. fpr=1e-3), fp_ml=ML "
                             "(false-positive mL per normal scan, e.g. fp_ml=10) or value=SCORE (nats); fpr and fp_ml "
-                            "need nnScreener_calibrate first. Writes CASE_findings.nii.gz/.json/.csv beside CASE.nii.gz")
+                            "need nnScreener_calibrate first. Writes CASE_findings.nii.gz/.json/.csv beside "
+                            "CASE.nii.gz")
     group.add_argument("--min_volume_ml", type=float, default=0.0, help="drop findings smaller than this (mL)")
     group.add_argument("--organ_masks", default=None, metavar="FOLDER",
                        help="folder of organ label maps {case}.nii.gz in each scan's geometry (e.g. TotalSegmentator "
