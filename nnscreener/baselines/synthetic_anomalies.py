@@ -26,7 +26,7 @@ Arrays are (Z, Y, X), intensities the preprocessed [0, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.ndimage import map_coordinates, zoom
@@ -96,6 +96,28 @@ def deformation_source(image: np.ndarray, spacing_zyx_mm: Sequence[float], cfg: 
     return map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
 
 
+def _patch_beside(image: np.ndarray, foreign: np.ndarray) -> np.ndarray:
+    """``image`` as float32 after checking that the foreign patch has its shape (ValueError otherwise)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape != np.shape(foreign):
+        raise ValueError(f"the foreign patch {np.shape(foreign)} must have the patch's shape {image.shape}")
+    return image
+
+
+def _draw_kind(p_anomaly: float, weights: Sequence[float], rng: np.random.Generator) -> Optional[str]:
+    """None with probability 1 - ``p_anomaly``; else one of the first ``len(weights)`` :data:`KINDS`, drawn with
+    those relative chances."""
+    if rng.random() >= p_anomaly:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    return KINDS[int(rng.choice(len(w), p=w / w.sum()))]
+
+
+def _unchanged(image: np.ndarray) -> SyntheticAnomaly:
+    """The sample of a patch that gets no anomaly: the image itself, target 0, an empty region."""
+    return SyntheticAnomaly(image, np.zeros_like(image), "none", 0.0, np.zeros(image.shape, dtype=bool))
+
+
 def make_synthetic_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_mm: Sequence[float],
                            cfg: SyntheticAnomalyConfig, rng: np.random.Generator) -> SyntheticAnomaly:
     """A training sample from a patch and a same-size patch of another scan.
@@ -110,13 +132,10 @@ def make_synthetic_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_m
     Returns:
         The (possibly unchanged) image, its target (the blending factor where blended, 0 elsewhere) and the draw.
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.shape != np.shape(foreign):
-        raise ValueError(f"the foreign patch {np.shape(foreign)} must have the patch's shape {image.shape}")
-    if rng.random() >= cfg.p_anomaly:
-        return SyntheticAnomaly(image, np.zeros_like(image), "none", 0.0, np.zeros(image.shape, dtype=bool))
-    weights = np.asarray(cfg.kind_weights, dtype=np.float64)
-    kind = KINDS[int(rng.choice(len(KINDS), p=weights / weights.sum()))]
+    image = _patch_beside(image, foreign)
+    kind = _draw_kind(cfg.p_anomaly, cfg.kind_weights, rng)
+    if kind is None:
+        return _unchanged(image)
     region = random_region(image.shape, spacing_zyx_mm, cfg.radius_mm_range, rng)
     alpha = float(rng.uniform(*cfg.alpha_range))
     if kind == "foreign":
@@ -157,13 +176,10 @@ def make_draem_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_mm: S
 
     Args and returns as :func:`make_synthetic_anomaly` (``cfg``: the ``baseline_draem`` settings).
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.shape != np.shape(foreign):
-        raise ValueError(f"the foreign patch {np.shape(foreign)} must have the patch's shape {image.shape}")
-    if rng.random() >= cfg.p_anomaly:
-        return SyntheticAnomaly(image, np.zeros_like(image), "none", 0.0, np.zeros(image.shape, dtype=bool))
-    weights = np.asarray(cfg.source_weights, dtype=np.float64)
-    kind = KINDS[int(rng.choice(2, p=weights / weights.sum()))]  # foreign or intensity
+    image = _patch_beside(image, foreign)
+    kind = _draw_kind(cfg.p_anomaly, cfg.source_weights, rng)  # foreign or intensity
+    if kind is None:
+        return _unchanged(image)
     region = noise_region(image.shape, spacing_zyx_mm, cfg, rng)
     alpha = 1.0 - float(rng.uniform(*cfg.beta_range))
     if kind == "foreign":
