@@ -35,7 +35,7 @@ Loader = Union[NonDetMultiThreadedAugmenter, SingleThreadedAugmenter]
 BODY_LABEL = 1  # the body mask's label in the preprocessed ``_seg.b2nd`` (docs/design.md C3)
 
 
-class _SeededCaseLoader(DataLoader):
+class SeededCaseLoader(DataLoader):
     """An infinite batchgenerators DataLoader over preprocessed cases with a per-worker numpy generator."""
 
     def __init__(self, dataset: nnUNetDatasetBlosc2, batch_size: int, seed: int):
@@ -59,7 +59,7 @@ class _SeededCaseLoader(DataLoader):
         return [self.indices[i] for i in self.rng.integers(0, len(self.indices), size=self.batch_size)]
 
 
-class SSLPairDataLoader(_SeededCaseLoader):
+class SSLPairDataLoader(SeededCaseLoader):
     """Batches of view pairs for dense SSL (docs/design.md C7).
 
     Per case: :func:`sample_pair_params` -> two views -> paired positions inside the body -> an independent colour
@@ -120,7 +120,7 @@ class SSLPairDataLoader(_SeededCaseLoader):
         return batch
 
 
-def _body_voxels(properties: Dict[str, Any]) -> Optional[np.ndarray]:
+def body_voxels(properties: Dict[str, Any]) -> Optional[np.ndarray]:
     """(N, 3) body voxel indices (z, y, x) from nnU-Net's ``class_locations`` (stored as (c, z, y, x)), or None."""
     locations = properties.get("class_locations") or {}
     voxels = locations.get(BODY_LABEL)
@@ -139,7 +139,7 @@ def patch_origin(centre_zyx: Sequence[int], shape_zyx: Sequence[int], patch_zyx:
     return tuple(origin)
 
 
-class DensityPatchDataLoader(_SeededCaseLoader):
+class DensityPatchDataLoader(SeededCaseLoader):
     """Batches of plain patches for density training (docs/design.md C8): no augmentation, centred on a random body
     voxel (nnU-Net's stored ``class_locations`` of the body label; any voxel if a case has none)."""
 
@@ -151,7 +151,7 @@ class DensityPatchDataLoader(_SeededCaseLoader):
         """One case's patch (C, Z, Y, X) float32 (zero-padded outside the volume) and its origin (z, y, x)."""
         data, _, _, properties = self._data.load_case(identifier)
         shape = data.shape[1:]
-        body = _body_voxels(properties)
+        body = body_voxels(properties)
         if body is not None:
             centre = body[self.rng.integers(len(body))]
         else:

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from nnscreener.data.loaders import _SeededCaseLoader, _body_voxels, open_preprocessed_dataset, patch_origin, \
+from nnscreener.data.loaders import SeededCaseLoader, body_voxels, open_preprocessed_dataset, patch_origin, \
     wrap_in_workers
 from nnscreener.distill.cache import TargetCache
 
 
-class DistillPatchDataLoader(_SeededCaseLoader):
+class DistillPatchDataLoader(SeededCaseLoader):
     """Batches ``{"data": (B, 1, Z, Y, X), "target": (B, C, Z, Y, X), "valid": (B, 1, Z, Y, X), "keys"}``, float32.
 
     Args:
@@ -40,7 +40,7 @@ class DistillPatchDataLoader(_SeededCaseLoader):
         """One case's data (1, Z, Y, X), normalised target (C, Z, Y, X) and validity (1, Z, Y, X)."""
         data, _, _, properties = self._data.load_case(identifier)
         shape = data.shape[1:]
-        body = _body_voxels(properties)
+        body = body_voxels(properties)
         centre = body[self.rng.integers(len(body))] if body is not None else [self.rng.integers(s) for s in shape]
         origin = patch_origin(centre, shape, self.patch_zyx)
         box = [[o, o + p] for o, p in zip(origin, self.patch_zyx)]
