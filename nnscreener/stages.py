@@ -10,7 +10,7 @@ of the trainer: ``<stage>__<variant>__<plans>`` (e.g. ``descriptor__vicreg_d32__
 ``density__masking_flow__nnScreenerPlans``, ``distill__map_masking_flow_nnScreenerPlans__nnUNetPlans``). Trainer
 classes are imported only when asked for, so this module stays cheap to import and free of import cycles (the
 trainers import it). The registry also maps ``nnScreener_predict --method`` names to the stage whose model writes
-those maps (:data:`PREDICT_METHODS`).
+those maps (:data:`METHODS`).
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ class Stage:
         section: the config section holding its schedule (``nnScreener_train --num_iterations`` sets it there).
         method: the ``nnScreener_predict --method`` that scores scans with this stage's result folder ("" = none).
         model_loader: ``module:function`` ``(folder, device, checkpoint_name) -> (model, config)`` loading that
-            scoring model (an ``anomaly_map(x, origin_zyx)`` module, docs/design.md C9), or "".
+            scoring model (an ``anomaly_map(x, origin_zyx)`` module, docs/design.md C9) for the sliding-window
+            predictor, or "" (the distilled student has its own predictor, nnscreener/distill/predict.py).
     """
 
     name: str
