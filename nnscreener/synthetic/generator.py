@@ -15,6 +15,7 @@ Python::
     from nnscreener.synthetic.generator import generate_case, generate_dataset
     image, label, spacing_zyx, info = generate_case(seed=0, size="cpu", with_lesions=True)
     folder = generate_dataset(Path(os.environ["nnUNet_raw"]), dataset_id=500)
+    labelled = generate_labelled_dataset(Path(os.environ["nnUNet_raw"]), dataset_id=501)  # labelsTr, for fine-tuning
 
 Command line: ``nnScreener_generate_synthetic -d 500`` (see ``--help``).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -159,11 +160,15 @@ def _make_case(job: Dict) -> Dict:
     image, label, spacing, info = generate_case(ss, job["size"], job["with_lesions"], job["lesion_kinds"])
     folder = Path(job["folder"])
     case = job["case"]
-    sub = "imagesTr" if job["split"] == "train" else "imagesTs"
-    writer.write_nifti(folder / sub / f"{case}_0000{writer.FILE_ENDING}", image, spacing, info["origin_xyz"])
-    if job["split"] == "test":
-        assert label.any(), f"test case {case} without lesion voxels"
-        writer.write_nifti(folder / "labelsTs" / f"{case}{writer.FILE_ENDING}", label, spacing, info["origin_xyz"])
+    suffix = "Tr" if job["split"] in ("train", "labelled") else "Ts"
+    writer.write_nifti(folder / f"images{suffix}" / f"{case}_0000{writer.FILE_ENDING}", image, spacing,
+                       info["origin_xyz"])
+    if job["split"] != "train":  # test and labelled cases carry at least one lesion and its mask
+        assert label.any(), f"{job['split']} case {case} without lesion voxels"
+        if job.get("binary_labels"):
+            label = (label > 0).astype(label.dtype)
+        writer.write_nifti(folder / f"labels{suffix}" / f"{case}{writer.FILE_ENDING}", label, spacing,
+                           info["origin_xyz"])
     return {"case": case, "split": job["split"], **info}
 
 
@@ -203,6 +208,17 @@ def _jobs(folder: Path, n_train: int, n_test: int, size: str, seed: int, lesion_
         jobs.append({"case": f"test_{i:04d}", "split": "test", "seed": seed, "spawn_key": (1, i), "size": size,
                      "with_lesions": True, "lesion_kinds": (kinds[i % len(kinds)],), "folder": str(folder)})
     return jobs
+
+
+def _labelled_jobs(folder: Path, n_labelled: int, n_test: int, size: str, seed: int) -> List[Dict]:
+    """One job per case of a labelled dataset: labelled case i (``imagesTr``/``labelsTr``) and test case i
+    (``imagesTs``/``labelsTs``) carry lesion kind (i mod 6) + 1; labels are binary (1 = lesion)."""
+    kinds = sorted(LESION_KINDS)
+    common = {"seed": seed, "size": size, "with_lesions": True, "folder": str(folder), "binary_labels": True}
+    return ([{"case": f"case_{i:04d}", "split": "labelled", "spawn_key": (3, i),
+              "lesion_kinds": (kinds[i % len(kinds)],), **common} for i in range(n_labelled)]
+            + [{"case": f"test_{i:04d}", "split": "test", "spawn_key": (4, i),
+                "lesion_kinds": (kinds[i % len(kinds)],), **common} for i in range(n_test)])
 
 
 def _run_jobs(jobs: List[Dict], processes: int, desc: str, progress: bool) -> List[Dict]:
@@ -266,15 +282,82 @@ def generate_dataset(
         ScreenerError: bad arguments, an existing dataset without ``overwrite``, another dataset with the same id.
     """
     _validate(n_train, n_test, size, lesion_share, num_processes)
-    folder_name = writer.dataset_folder_name(dataset_id, name)
+    return _write_dataset(out_root, writer.dataset_folder_name(dataset_id, name), overwrite,
+                          lambda staging: _jobs(staging, n_train, n_test, size, seed, lesion_share),
+                          _dataset_json(name, n_train, n_test, size, seed, lesion_share), size, num_processes,
+                          progress)
+
+
+def _write_dataset(out_root: Path, folder_name: str, overwrite: bool, make_jobs: Callable[[Path], List[Dict]],
+                   dataset_json: Dict, size: str, num_processes: Optional[int], progress: bool) -> Path:
+    """Generates the jobs' cases into a staging folder (labelsTr/ only if a job writes there), writes dataset.json
+    and synthetic_cases.json, and publishes it as ``out_root/folder_name``."""
     final, staging = writer.prepare_staging(Path(out_root), folder_name, overwrite)
-    jobs = _jobs(staging, n_train, n_test, size, seed, lesion_share)
+    jobs = make_jobs(staging)
+    if any(job["split"] == "labelled" for job in jobs):
+        (staging / "labelsTr").mkdir()
     processes = min(num_processes or _default_processes(size), len(jobs))
     summaries = _run_jobs(jobs, processes, f"generating {folder_name}", progress)
-    writer.write_json(staging / "dataset.json", _dataset_json(name, n_train, n_test, size, seed, lesion_share))
+    writer.write_json(staging / "dataset.json", dataset_json)
     writer.write_json(staging / "synthetic_cases.json", {"cases": summaries})
     writer.publish(staging, final)
     return final
+
+
+def generate_labelled_dataset(
+    out_root: Path,
+    dataset_id: int,
+    name: str = "SyntheticCTLabelled",
+    n_labelled: int = 12,
+    n_test: int = 6,
+    size: str = "cpu",
+    seed: int = 1,
+    num_processes: Optional[int] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Writes a *labelled* synthetic dataset (nnU-Net's supervised raw format) as ``out_root/DatasetXXX_Name``: the
+    few labelled scans a clinic would annotate, for fine-tuning benchmarks (benchmarks/few_label.py).
+
+    Contents: ``imagesTr/case_XXXX_0000.nii.gz`` with ``labelsTr/case_XXXX.nii.gz``, held-out
+    ``imagesTs/test_XXXX_0000.nii.gz`` with ``labelsTs/test_XXXX.nii.gz``; every case carries lesions, case i
+    of each split lesion kind (i mod 6) + 1; labels are binary (0 background, 1 lesion; the kinds are in
+    ``synthetic_cases.json``). Cases are drawn from other random streams than :func:`generate_dataset`'s, so
+    with the same seed they are still other patients.
+
+    Args:
+        out_root: the nnUNet_raw folder.
+        dataset_id: nnU-Net dataset id (1..999).
+        name: dataset name after the id.
+        n_labelled, n_test: number of labelled (training) and held-out test cases.
+        size, seed, num_processes, overwrite, progress: as :func:`generate_dataset`.
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        ScreenerError: bad arguments, an existing dataset without ``overwrite``, another dataset with the same id.
+    """
+    _validate(n_labelled, n_test, size, 1.0, num_processes)
+    return _write_dataset(out_root, writer.dataset_folder_name(dataset_id, name), overwrite,
+                          lambda staging: _labelled_jobs(staging, n_labelled, n_test, size, seed),
+                          _labelled_dataset_json(name, n_labelled, n_test, size, seed), size, num_processes,
+                          progress)
+
+
+def _labelled_dataset_json(name: str, n_labelled: int, n_test: int, size: str, seed: int) -> Dict:
+    return {
+        "name": name,
+        "description": "Synthetic CT phantoms with lesions (nnScreener), every case labelled: 1 = lesion.",
+        "reference": "nnScreener nnscreener/synthetic/generator.py",
+        "licence": "CC0",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": n_labelled,
+        "numTest": n_test,
+        "file_ending": writer.FILE_ENDING,
+        "synthetic": {"seed": seed, "size": size, "labelled": True},
+    }
 
 
 def _dataset_json(name: str, n_train: int, n_test: int, size: str, seed: int, lesion_share: float) -> Dict:

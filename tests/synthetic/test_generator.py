@@ -19,7 +19,7 @@ from nnscreener.synthetic.lesions import LESION_KINDS, LUNG_TISSUES
 from nnscreener.synthetic.patient import VolumeGeometry
 from nnscreener.synthetic.raster import SmoothField, Tubes, tube_fraction
 from nnscreener.synthetic.tissues import Tissue
-from nnscreener.synthetic.generator import generate_case, generate_dataset
+from nnscreener.synthetic.generator import generate_case, generate_dataset, generate_labelled_dataset
 from nnscreener.cli.generate_synthetic import main as cli_main
 from nnscreener.errors import ScreenerError
 from nnscreener.planning.body_mask import body_mask_from_hu
@@ -322,6 +322,29 @@ def test_dataset_is_valid_nnunet_raw_and_matches_the_case_list(nnunet_env):
     assert not list((folder / "imagesTs").iterdir())
     with pytest.raises(ScreenerError, match="already used by Dataset501_Tiny"):
         generate_dataset(raw, dataset_id=501, name="Other", n_train=1, n_test=0, num_processes=1, progress=False)
+
+
+def test_labelled_dataset_passes_nnunets_integrity_check_with_binary_lesion_labels(nnunet_env):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    raw = nnunet_env["nnUNet_raw"]
+    folder = generate_labelled_dataset(raw, dataset_id=502, n_labelled=2, n_test=1, seed=5, num_processes=1,
+                                       progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "imagesTr", "imagesTs", "labelsTr",
+                                                       "labelsTs", "synthetic_cases.json"]
+    assert json.loads((folder / "dataset.json").read_text())["labels"] == {"background": 0, "lesion": 1}
+    verify_dataset_integrity(str(folder), num_processes=1)  # nnU-Net's own check of a supervised raw dataset
+    cases = {c["case"]: c for c in json.loads((folder / "synthetic_cases.json").read_text())["cases"]}
+    assert sorted(cases) == ["case_0000", "case_0001", "test_0000"]
+    for name, sub in (("case_0000", "Tr"), ("case_0001", "Tr"), ("test_0000", "Ts")):
+        label = sitk.GetArrayFromImage(_read(folder / f"labels{sub}" / f"{name}.nii.gz"))
+        assert set(np.unique(label)) == {0, 1}
+        assert sorted(LESION_KINDS)[int(name[-1])] in {les["label"] for les in cases[name]["lesions"]}  # kind i+1
+    # other random streams than the unlabeled dataset's: the first labelled case is not train_0000 or test_0000
+    image = sitk.GetArrayFromImage(_read(folder / "imagesTr" / "case_0000_0000.nii.gz"))
+    for key in ((0, 0), (1, 0)):
+        other, *_ = generate_case(np.random.SeedSequence(5, spawn_key=key), "cpu", True, [1])
+        assert other.shape != image.shape or not np.array_equal(other, image)
 
 
 @pytest.mark.parametrize(
