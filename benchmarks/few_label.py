@@ -108,6 +108,8 @@ def write_splits(preprocessed: Path, cases: List[str], label_counts: Sequence[in
 
 
 class FewLabelCampaign:
+    """The benchmark's steps in ``--work_dir`` (module docstring), each recorded in its ledger."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.work = args.work_dir.resolve()
@@ -150,8 +152,8 @@ class FewLabelCampaign:
 
             generate_labelled_dataset(self.raw, a.labelled_id, n_labelled=a.n_labelled, n_test=a.n_test,
                                       seed=a.data_seed, num_processes=a.num_processes)
-        self.step("plan_labelled", [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(a.labelled_id), "-c", "3d_fullres",
-                                    "-np", str(a.num_processes), "-npfp", str(a.num_processes),
+        self.step("plan_labelled", [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(a.labelled_id),
+                                    "-c", "3d_fullres", "-np", str(a.num_processes), "-npfp", str(a.num_processes),
                                     "-gpu_memory_target", str(a.gpu_memory_target), "-overwrite_plans_name", PLANS],
                   self.env())
         cap_widths(self.pre / self.labelled / f"{PLANS}.json", a.max_width)
@@ -159,8 +161,9 @@ class FewLabelCampaign:
         write_splits(self.pre / self.labelled, cases, a.labels, a.n_val)
         moved = f"{PLANS}_from{a.labelled_id}"
         if not (self.pre / self.unlabelled / f"{moved}.json").is_file():
-            self.step("move_plans", [nnunet_command("nnUNetv2_move_plans_between_datasets"), "-s", str(a.labelled_id), "-t",
-                                     str(a.dataset_id), "-sp", PLANS, "-tp", moved], self.env())
+            self.step("move_plans", [nnunet_command("nnUNetv2_move_plans_between_datasets"), "-s",
+                                     str(a.labelled_id), "-t", str(a.dataset_id), "-sp", PLANS, "-tp", moved],
+                      self.env())
         done = self.ledger.get("distill")
         if done is not None and done.get("iterations") != a.distill_iterations:
             raise SystemExit(f"{self.work} holds a student of {done.get('iterations')} steps, not "

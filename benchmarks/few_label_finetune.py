@@ -32,7 +32,7 @@ CONFIGURATION = "3d_fullres"
 
 class FewLabelTrainer(nnUNetTrainer):
     """nnU-Net's trainer with a CPU-sized schedule; everything else (loss, augmentation, SGD, poly LR) is stock.
-    The schedule is set on the class (:attr:`schedule`) before nnU-Net instantiates it by name."""
+    The schedule is set on the class (:attr:`schedule`) before it is instantiated."""
 
     schedule = (4, 25, 2)  # epochs, training iterations per epoch, validation iterations per epoch
 
