@@ -31,6 +31,7 @@ training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -181,7 +182,7 @@ class Campaign:
         spec = CONFIGS[config]
         iterations = tuple(max(1, round(scale * n)) for n in self.args.base_iterations)
         steps = str(iterations[0]) if len(set(iterations)) == 1 else "-".join(map(str, iterations))
-        planned = spec.ssl_of or config  # a density-only configuration uses the plans of its SSL models
+        planned = spec.ssl_of or spec.models_of or config  # a configuration sharing models shares their plans
         plans = f"{BASE_PLANS}_{planned}" if CONFIGS[planned].plan_set else BASE_PLANS
         train_args = (*spec.train_args, *[a for item in self.args.train_set for a in ("--set", item)])
         return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
@@ -275,11 +276,33 @@ class Campaign:
                              f"in plans or SSL variant")
         step_ids = self.ssl(base, seed)
         for stage in SSL_STAGES:
-            link = self.stage_dir(setup, seed, stage, variant)
-            if not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(self.stage_dir(base, seed, stage, variant), target_is_directory=True)
+            self.link(self.stage_dir(setup, seed, stage, variant), self.stage_dir(base, seed, stage, variant))
         return step_ids
+
+    def screener(self, row: Row, seed: int) -> Dict[str, str]:
+        """Descriptor, condition and the row's density model of a seed; returns their ledger step ids by stage."""
+        setup = row.setup
+        cost = dict(zip(("untrained",) if setup.untrained else SSL_STAGES, self.ssl(setup, seed)))
+        cost["density"] = self.train(setup, seed, "density", row.variant,
+                                     ["--condition", row.condition, "--density", row.density])
+        return cost
+
+    def shared_models(self, row: Row, seed: int) -> Dict[str, str]:
+        """A prediction-only configuration: the three trained models of its ``models_of`` configuration (trained if
+        needed, counted in its cost), linked into its own results root."""
+        base = dataclasses.replace(row, setup=self.setup(CONFIGS[row.setup.config].models_of, row.setup.scale))
+        cost = self.screener(base, seed)
+        ssl_variant = self.ssl_variant(base.setup)
+        for stage, variant in ((*((s, ssl_variant) for s in SSL_STAGES), ("density", row.variant))):
+            self.link(self.stage_dir(row.setup, seed, stage, variant), self.stage_dir(base.setup, seed, stage, variant))
+        return cost
+
+    @staticmethod
+    def link(link: Path, target: Path) -> None:
+        """Links a result folder of another setup (its checkpoints stay where they were trained)."""
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target, target_is_directory=True)
 
     def predict(self, row: Row, seed: int) -> str:
         """Predicts the test images unless done with the current density checkpoint. Returns the step id."""
@@ -299,6 +322,7 @@ class Campaign:
         if row.method != stages.DEFAULT_METHOD:  # the flag exists since the baselines; Screener runs without it
             argv += ["--method", row.method, "--variant", row.variant]
         argv += [] if self.args.step_size is None else ["-step_size", str(self.args.step_size)]
+        argv += CONFIGS[row.setup.config].predict_args
         self.step(step_id, common.cli_argv("nnscreener.cli.predict", *argv, *(["--overwrite"] if stale else [])),
                   self.env(row.setup.plans, self.results_root(row.setup, seed)), fingerprint=fingerprint)
         return step_id
@@ -326,10 +350,10 @@ class Campaign:
         self.plan(setup)
         if row.method != stages.DEFAULT_METHOD:
             cost = {row.stage: self.train(setup, seed, row.stage, row.variant)}
+        elif CONFIGS[setup.config].models_of:
+            cost = self.shared_models(row, seed)
         else:
-            cost = dict(zip(("untrained",) if setup.untrained else SSL_STAGES, self.ssl(setup, seed)))
-            cost["density"] = self.train(setup, seed, "density", row.variant,
-                                         ["--condition", row.condition, "--density", row.density])
+            cost = self.screener(row, seed)
         cost["predict"] = self.predict(row, seed)
         fingerprint = self.ledger.get(cost["predict"])["fingerprint"]
         key = f"{setup.name}/seed{seed}/{row.key}"

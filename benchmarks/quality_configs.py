@@ -14,13 +14,16 @@ BASE_PRESET = "cpu"
 class ConfigSpec:
     """A configuration: planning overrides (non-empty: own plans ``nnScreenerPlans_cpu_<name>``, as spacing, CLAHE
     and network widths are fixed at planning), extra ``nnScreener_train`` arguments (``--set SECTION.FIELD=VALUE``,
-    flags) for all three stages, and per stage (``{"density": ("--set", "density.learning_rate=3e-4")}``)."""
+    flags) for all three stages, and per stage (``{"density": ("--set", "density.learning_rate=3e-4")}``), and
+    extra ``nnScreener_predict`` arguments."""
 
     description: str
     plan_set: Tuple[str, ...] = ()
     train_args: Tuple[str, ...] = ()
     stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     ssl_of: str = ""  # a density-only configuration: reuses that configuration's plans, descriptor and condition
+    models_of: str = ""  # a prediction-only configuration: reuses all three trained models of that configuration
+    predict_args: Tuple[str, ...] = ()  # extra ``nnScreener_predict`` arguments (``--score latent``)
 
 
 _WIDTH = get_preset(BASE_PRESET).network.base_num_features
@@ -56,6 +59,9 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "desc_layernorm_gauss": ConfigSpec("desc_layernorm's descriptor and condition, Gaussian blending",
                                        stage_args={"density": ("--set", "inference.blending=gaussian")},
                                        ssl_of="desc_layernorm"),
+    "latent_score": ConfigSpec("score 0.5 ||z||^2 instead of -log q (no log-volume term; nnScreener_predict --score "
+                               "latent) on the default models", models_of="default",
+                               predict_args=("--score", "latent")),
     "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
                                stage_args={"density": ("--set", "density.condition_mask_passes=2")},
                                ssl_of="default"),

@@ -25,6 +25,9 @@ RECONSTRUCTION_LOSSES = ("l1", "l2")
 CONDITIONS = ("masking", "sincos", "none")
 DENSITIES = ("flow", "gaussian")
 BLENDINGS = ("uniform", "gaussian")
+#: The per-voxel anomaly score (nnscreener/model.py): "nll" = -log q(y | c) (the paper), "latent" = its
+#: 0.5 ||z||^2 term alone (no log-volume term; docs/method-notes.md 3.6).
+SCORES = ("nll", "latent")
 DESCRIPTOR_NORMS = ("instance", "layer")
 DISTILL_TARGETS = ("map", "map+features")
 
@@ -265,6 +268,10 @@ class InferenceConfig:
     # plain averaging. Gaussian measured better at the cpu preset (benchmarks/RESULTS.md, configuration gauss_blend)
     blending: Literal["uniform", "gaussian"] = "gaussian"
     batch_size: int = 2  # patches per forward
+    # "nll": -log q(y | c), the paper's score; "latent": 0.5 ||z||^2 of the whitened descriptor, the NLL without
+    # the density's log-volume term, which is the same chi-square(D)/2 in every region for normal tissue
+    # (docs/method-notes.md 3.6). Read at inference; the density is trained the same way for both.
+    score: Literal["nll", "latent"] = "nll"
 
 
 @dataclass(frozen=True)
@@ -430,6 +437,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.density.condition, CONDITIONS, "density.condition"),
         (cfg.density.density, DENSITIES, "density.density"),
         (cfg.inference.blending, BLENDINGS, "inference.blending"),
+        (cfg.inference.score, SCORES, "inference.score"),
         (cfg.network.descriptor_norm, DESCRIPTOR_NORMS, "network.descriptor_norm"),
         (cfg.baseline_ae.loss, RECONSTRUCTION_LOSSES, "baseline_ae.loss"),
         (cfg.distill.targets, DISTILL_TARGETS, "distill.targets"),

@@ -3,6 +3,7 @@
     x (B, 1, Z, Y, X) in [0, 1] --descriptor--> (B, D, Z, Y, X) --avg-pool--> y (B, D, z', y', x')
     x, origin_zyx ----------------condition--------------------------------> c (B, Dc, z', y', x') or None
     anomaly map = density.nll(y, c) = -log q(y | c)   (B, 1, z', y', x'), nats per pooled voxel
+                  (or, with ``inference.score = "latent"``, density.latent_energy(y, c) = 0.5 ||z||^2)
 
 (z', y', x') = (Z // sz, Y // sy, X // sx) with the pooling stride ``density.pool_stride_zyx``. The score is a
 negative log-density of the descriptor under what the model learned to expect at that position: higher means
@@ -23,10 +24,11 @@ from torch import nn
 
 from nnscreener import stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT, load_density_checkpoint, trained_checkpoint
-from nnscreener.config import ScreenerConfig
+from nnscreener.config import SCORES, ScreenerConfig
 from nnscreener.density.conditions import (ConditionEncoder, average_pool, condition_option, density_option,
                                            network_embedding_dim)
 from nnscreener.density.intensity import IntensityFeatures
+from nnscreener.errors import ScreenerError
 
 DENSITY_STAGE = stages.DENSITY
 
@@ -43,11 +45,14 @@ class ScreenerModel(nn.Module):
         noise_std: std of the Gaussian noise added to the pooled descriptors and conditions in training mode only.
         intensity: optional smoothed-intensity channels appended to the descriptor before pooling
             (:mod:`nnscreener.density.intensity`); y then has D + S channels.
+        score: what :meth:`anomaly_map` returns (:data:`nnscreener.config.SCORES`): ``"nll"`` = -log q(y | c),
+            ``"latent"`` = the density's ``latent_energy(y, c)`` (the NLL without its log-volume term). Training
+            always minimises the NLL. May be changed after loading (``nnScreener_predict --score``).
     """
 
     def __init__(self, descriptor: nn.Module, condition: ConditionEncoder, density: nn.Module,
                  pool_stride_zyx: Sequence[int], noise_std: float,
-                 intensity: Optional[IntensityFeatures] = None) -> None:
+                 intensity: Optional[IntensityFeatures] = None, score: str = "nll") -> None:
         super().__init__()
         self.descriptor = descriptor.eval().requires_grad_(False)
         self.intensity = intensity
@@ -55,6 +60,7 @@ class ScreenerModel(nn.Module):
         self.density = density
         self.pool_stride_zyx = tuple(int(s) for s in pool_stride_zyx)
         self.noise_std = float(noise_std)
+        self.score = score
 
     def train(self, mode: bool = True) -> "ScreenerModel":
         super().train(mode)
@@ -85,6 +91,15 @@ class ScreenerModel(nn.Module):
         with torch.autocast(device_type=y.device.type, enabled=False):
             return self.density.nll(y, c)
 
+    def _score(self, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """The anomaly score :attr:`score` of pooled maps, in float32 (see :meth:`_nll`)."""
+        if self.score == "nll":
+            return self._nll(y, c)
+        if self.score != "latent":
+            raise ScreenerError(f"unknown anomaly score {self.score!r}; known: {list(SCORES)}")
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            return self.density.latent_energy(y, c)
+
     def forward(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
         """NLL map for training: in training mode, N(0, noise_std^2) noise is added to y and c first.
 
@@ -98,7 +113,7 @@ class ScreenerModel(nn.Module):
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
-        """The anomaly score map -log q(y | c) of a batch of patches (never noised).
+        """The anomaly score map of a batch of patches (never noised): -log q(y | c), or 0.5 ||z||^2 (:attr:`score`).
 
         Args:
             x: (B, 1, Z, Y, X) patches, intensities in [0, 1]; Z, Y, X divisible by the descriptor's total stride.
@@ -106,10 +121,10 @@ class ScreenerModel(nn.Module):
                 (may be negative for padded patches); used by the sin-cos condition.
 
         Returns:
-            (B, 1, Z // sz, Y // sy, X // sx) float32 NLL in nats per pooled voxel.
+            (B, 1, Z // sz, Y // sy, X // sx) float32 score in nats per pooled voxel.
         """
         y, c = self.pooled_maps(x, origin_zyx)
-        return self._nll(y, c)
+        return self._score(y, c)
 
     @torch.no_grad()
     def anomaly_map_and_features(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
@@ -118,10 +133,10 @@ class ScreenerModel(nn.Module):
         Args and shapes as :meth:`anomaly_map`.
 
         Returns:
-            (B, 1 + D [+ S], z', y', x') float32: channel 0 the NLL in nats, then the pooled descriptor y.
+            (B, 1 + D [+ S], z', y', x') float32: channel 0 the score in nats, then the pooled descriptor y.
         """
         y, c = self.pooled_maps(x, origin_zyx)
-        return torch.cat([self._nll(y, c), y], dim=1)
+        return torch.cat([self._score(y, c), y], dim=1)
 
 
 def _check_inputs(x: torch.Tensor, origin_zyx: torch.Tensor, stride_zyx: Tuple[int, int, int]) -> None:
@@ -155,7 +170,7 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
     dim = network_embedding_dim(descriptor, config) + (intensity.out_channels if intensity is not None else 0)
     density = density_option(density_cfg.density).build(density_cfg, dim, condition.out_channels)
     return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std,
-                         intensity)
+                         intensity, config.inference.score)
 
 
 def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",

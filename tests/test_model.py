@@ -71,6 +71,23 @@ def test_noise_is_added_in_training_only():
     torch.testing.assert_close(model.anomaly_map(x, origin), model.anomaly_map(x, origin))  # never noised
 
 
+def test_latent_score_is_the_density_latent_energy_and_training_stays_on_the_nll():
+    model = _gaussian_model()
+    x, origin = torch.rand(2, 1, 4, 6, 5), torch.zeros(2, 3, dtype=torch.int64)
+    nll = model.anomaly_map(x, origin)
+    model.score = "latent"
+    latent = model.anomaly_map(x, origin)
+    y, _ = model.pooled_maps(x, origin)
+    torch.testing.assert_close(latent, model.density.latent_energy(y))
+    volume = 0.5 * (model.density.log_variance() + np.log(2 * np.pi)).sum()
+    torch.testing.assert_close(nll - latent, volume.expand_as(nll))
+    torch.testing.assert_close(model.eval()(x, origin), nll)  # the training objective is the NLL
+    torch.testing.assert_close(model.anomaly_map_and_features(x, origin)[:, :1], latent)  # distillation targets
+    model.score = "max"
+    with pytest.raises(ScreenerError, match="unknown anomaly score 'max'"):
+        model.anomaly_map(x, origin)
+
+
 def test_only_the_density_is_trained():
     model = _gaussian_model()
     model.train()

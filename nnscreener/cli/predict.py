@@ -15,7 +15,7 @@ from typing import List, Optional
 from nnscreener import paths, stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT
 from nnscreener.cli.common import report_error
-from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES, DISTILL_TARGETS
+from nnscreener.config import BLENDINGS, CONDITIONS, DENSITIES, DISTILL_TARGETS, SCORES
 from nnscreener.errors import ScreenerError
 
 PROG = "nnScreener_predict"
@@ -56,15 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"checkpoint file in the model's result folder (default {FINAL_CHECKPOINT})")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda"),
                         help="device for the networks (default: cuda when available, else cpu)")
-    parser.add_argument("-step_size", type=float, default=None,
-                        help="sliding-window step as a fraction of the patch, in (0, 1] (default: the plans', 0.5)")
-    parser.add_argument("--blending", default=None, choices=BLENDINGS,
-                        help="how overlapping patch maps are combined (default: the plans', gaussian as the "
-                             "authors' code; uniform: the paper's plain averaging)")
-    parser.add_argument("-npp", type=int, default=2,
-                        help="preprocessing worker processes (default 2; 0 = in the main process)")
-    parser.add_argument("-nps", type=int, default=2,
-                        help="export worker processes: resampling to the input's geometry and writing (default 2)")
     parser.add_argument("-num_parts", type=int, default=1, help="split the job into this many parts (default 1)")
     parser.add_argument("-part_id", type=int, default=0,
                         help="which part this process predicts, 0..num_parts-1 (default 0)")
@@ -76,8 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow_non_ct", action="store_true",
                         help="score scans whose intensities do not look like CT in Hounsfield units (8-bit pixels, "
                              "no air or soft tissue, values in 0..1); by default they fail with a message")
+    add_inference_arguments(parser)
     add_findings_arguments(parser)
     return parser
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the maps are computed and written: sliding window, blending, score, worker processes."""
+    group = parser.add_argument_group("inference", "sliding-window inference (defaults: the plans' inference "
+                                                   "settings)")
+    group.add_argument("-step_size", type=float, default=None,
+                       help="sliding-window step as a fraction of the patch, in (0, 1] (default: the plans', 0.5)")
+    group.add_argument("--blending", default=None, choices=BLENDINGS,
+                       help="how overlapping patch maps are combined (default: the plans', gaussian as the "
+                            "authors' code; uniform: the paper's plain averaging)")
+    group.add_argument("--score", default=None, choices=SCORES,
+                       help="anomaly score of --method screener (default: the model's config, nll): nll = "
+                            "-log q(y | c) as in the paper; latent = 0.5 ||z||^2, the same without the density's "
+                            "log-volume term, so homogeneous tissue does not score lower than textured tissue")
+    group.add_argument("-npp", type=int, default=2,
+                       help="preprocessing worker processes (default 2; 0 = in the main process)")
+    group.add_argument("-nps", type=int, default=2,
+                       help="export worker processes: resampling to the input's geometry and writing (default 2)")
 
 
 def add_findings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +165,8 @@ def distill_folder(dataset: str, targets: str, condition: str, density: str, tea
 def build_predictor(args: argparse.Namespace):
     """The predictor of ``args.method`` with the command line's options: the sliding-window predictor of a stage's
     scoring model (:attr:`nnscreener.stages.Stage.model_loader`), or the distilled student's own predictor."""
+    if args.score is not None and args.method != stages.DEFAULT_METHOD:
+        raise ScreenerError(f"--score applies to --method {stages.DEFAULT_METHOD} only, not {args.method}")
     folder, options = model_folder(args), dict(
         step_size=args.step_size, blending=args.blending, num_processes_preprocessing=args.npp,
         num_processes_export=args.nps, allow_non_ct=args.allow_non_ct)
@@ -163,6 +176,8 @@ def build_predictor(args: argparse.Namespace):
         return student_predictor(folder, resolve_device(args.device), args.chk, **options)
     from nnscreener.inference.predictor import ScreenerPredictor
 
+    if args.score is not None:
+        options["score"] = args.score
     return ScreenerPredictor.from_result_folder(folder, args.method, resolve_device(args.device), args.chk,
                                                 **options)
 

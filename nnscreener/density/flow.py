@@ -297,11 +297,20 @@ class FlowDensity(nn.Module):
         Returns:
             (B, 1, Z, Y, X) NLL in nats.
         """
-        if self.cond_dim:
-            if c is None:
-                raise ValueError("this flow is conditional: nll needs a condition map")
-            c = bound_features(c)
-        else:
-            c = None
-        z, logdet = self.flow(y, c)
+        z, logdet = self.flow(y, self._condition(c))
         return 0.5 * z.square().sum(dim=1, keepdim=True) + 0.5 * self.dim * LOG_2PI - logdet
+
+    def latent_energy(self, y: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """0.5 ||z||^2 per voxel: :meth:`nll` without the log-volume term (log 2 pi and log|det dz/dy|), i.e. the
+        energy of the latent the flow maps y to; chi-square(D)/2 distributed under the model at every voxel.
+        Shapes as :meth:`nll`."""
+        z, _ = self.flow(y, self._condition(c))
+        return 0.5 * z.square().sum(dim=1, keepdim=True)
+
+    def _condition(self, c: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The bounded condition map of a conditional flow; None for a marginal one."""
+        if not self.cond_dim:
+            return None
+        if c is None:
+            raise ValueError("this flow is conditional: it needs a condition map")
+        return bound_features(c)

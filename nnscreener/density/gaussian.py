@@ -70,10 +70,22 @@ def diagonal_gaussian_nll(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Te
     Returns:
         (B, 1, Z, Y, X) NLL in nats, finite whenever the inputs are finite.
     """
-    standardised = ((y - mean) * torch.exp(-0.5 * log_var)).clamp(-_MAX_STANDARDISED_RESIDUAL,
-                                                                  _MAX_STANDARDISED_RESIDUAL)
-    per_channel = standardised.square() + log_var + LOG_2PI  # (B, D, Z, Y, X)
+    per_channel = _standardised(y, mean, log_var).square() + log_var + LOG_2PI  # (B, D, Z, Y, X)
     return 0.5 * per_channel.sum(dim=1, keepdim=True)
+
+
+def diagonal_gaussian_latent_energy(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Per-voxel 0.5 ||z||^2 of the standardised values z = (y - mean) / sigma: the NLL of
+    :func:`diagonal_gaussian_nll` without its log-volume terms (log sigma^2 and log 2 pi).
+
+    Args and shapes as :func:`diagonal_gaussian_nll`. Returns (B, 1, Z, Y, X) in nats.
+    """
+    return 0.5 * _standardised(y, mean, log_var).square().sum(dim=1, keepdim=True)
+
+
+def _standardised(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """(y - mean) / sigma, bounded so that its square stays finite."""
+    return ((y - mean) * torch.exp(-0.5 * log_var)).clamp(-_MAX_STANDARDISED_RESIDUAL, _MAX_STANDARDISED_RESIDUAL)
 
 
 class MarginalGaussian(DataInitialized):
@@ -116,8 +128,16 @@ class MarginalGaussian(DataInitialized):
             (B, 1, Z, Y, X) NLL in nats.
         """
         self.initialize_once_from(y)
+        return diagonal_gaussian_nll(bound_features(y), *self._parameter_maps())
+
+    def latent_energy(self, y: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """0.5 ||(y - mu) / sigma||^2 per voxel: :meth:`nll` without the log-volume term. Shapes as :meth:`nll`."""
+        return diagonal_gaussian_latent_energy(bound_features(y), *self._parameter_maps())
+
+    def _parameter_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu and log sigma^2, each (1, D, 1, 1, 1)."""
         shape = (1, self.dim, 1, 1, 1)
-        return diagonal_gaussian_nll(bound_features(y), self.mean.view(shape), self.log_variance().view(shape))
+        return self.mean.view(shape), self.log_variance().view(shape)
 
 
 class ConditionalGaussian(DataInitialized):
@@ -179,5 +199,11 @@ per-channel mean and log-variance, i.e. the model starts as the marginal fit and
         if c is None:
             raise ValueError("ConditionalGaussian.nll needs a condition map; use MarginalGaussian without one")
         self.initialize_once_from(y)
-        mean, log_var = self.mean_and_log_variance(c)
-        return diagonal_gaussian_nll(bound_features(y), mean, log_var)
+        return diagonal_gaussian_nll(bound_features(y), *self.mean_and_log_variance(c))
+
+    def latent_energy(self, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """0.5 ||(y - mu(c)) / sigma(c)||^2 per voxel: :meth:`nll` without the log-volume term. Shapes as
+        :meth:`nll`."""
+        if c is None:
+            raise ValueError("ConditionalGaussian.latent_energy needs a condition map")
+        return diagonal_gaussian_latent_energy(bound_features(y), *self.mean_and_log_variance(c))

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from nnscreener import stages
 from nnscreener.checkpoints import FINAL_CHECKPOINT
-from nnscreener.config import BLENDINGS, ScreenerConfig
+from nnscreener.config import BLENDINGS, SCORES, ScreenerConfig
 from nnscreener.errors import ScreenerError
 from nnscreener.inference.export import map_to_original_geometry, upsample_to_patch, write_map
 from nnscreener.inference.input_files import InputCase, discover_cases, output_file, select_part, split_finished
@@ -201,6 +201,8 @@ class ScreenerPredictor:
             a module-level function when worker processes are used.
         allow_non_ct: with the default ``preprocess_fn``, accept scans whose intensities do not look like CT in HU.
         method: the ``nnScreener_predict --method`` the model belongs to (recorded in :data:`SETTINGS_FILE`).
+        score: a Screener model's anomaly score (:data:`nnscreener.config.SCORES`, ``nnScreener_predict --score``);
+            default: the one the model was built with (the config's ``inference.score``).
     """
 
     def __init__(self, model: nn.Module, plans: ScreenerPlans, device: Union[str, torch.device] = "cpu",
@@ -208,7 +210,7 @@ class ScreenerPredictor:
                  batch_size: Optional[int] = None, num_processes_preprocessing: int = 2,
                  num_processes_export: int = 2, progress: bool = True,
                  preprocess_fn: Optional[PreprocessFn] = None, allow_non_ct: bool = False,
-                 method: str = stages.DEFAULT_METHOD) -> None:
+                 method: str = stages.DEFAULT_METHOD, score: Optional[str] = None) -> None:
         inference = plans.config.inference
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -232,7 +234,8 @@ class ScreenerPredictor:
         self.progress = progress
         self.preprocess_fn = preprocess_fn or default_preprocess_fn(allow_non_ct)
         self.model = model.to(self.device).eval()
-        self.method = method
+        if score is not None:
+            set_anomaly_score(self.model, score)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -430,10 +433,25 @@ class ScreenerPredictor:
             "plans": self.plans.plans_name,
             "step_size": self.step_size,
             "blending": self.blending,
+            "score": getattr(self.model, "score", None),  # None: a model with one score (a baseline, a student)
             "batch_size": self.batch_size,
             "device": str(self.device),
             "screener_config": self.plans.config.to_dict(),
         }
+
+
+def set_anomaly_score(model: nn.Module, score: str) -> None:
+    """Makes a Screener model's ``anomaly_map`` return ``score`` (:data:`nnscreener.config.SCORES`).
+
+    Raises:
+        ScreenerError: an unknown score, or a model without a choice of score (a baseline, a distilled student).
+    """
+    if score not in SCORES:
+        raise ScreenerError(f"anomaly score {score!r} is not one of {list(SCORES)}")
+    if not hasattr(model, "score"):
+        raise ScreenerError(f"--score {score}: only the Screener model (--method {stages.DEFAULT_METHOD}) has a "
+                            f"choice of anomaly score")
+    model.score = score
 
 
 def prepare_output_folder(output_dir: Path) -> None:

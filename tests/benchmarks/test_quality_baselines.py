@@ -64,3 +64,32 @@ def test_density_only_configurations_use_the_plans_of_their_ssl_models(tmp_path)
     assert campaign.setup("desc_layernorm", 1).plans == "nnScreenerPlans_cpu_desc_layernorm"
     assert campaign.setup("desc_layernorm_gauss", 1).plans == "nnScreenerPlans_cpu_desc_layernorm"
     assert campaign.setup("gauss_blend", 1).plans == campaign.setup("default", 1).plans == "nnScreenerPlans_cpu"
+
+
+def test_prediction_only_configurations_score_the_models_of_another_with_their_predict_arguments(tmp_path):
+    """``latent_score`` trains nothing of its own: it links the default setup's three result folders (whose training
+    cost it reports) and predicts them with ``--score latent``."""
+    campaign = quality.Campaign.__new__(quality.Campaign)
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--base_iterations", "10"])
+    campaign.work_dir, campaign.raw_dir = tmp_path, tmp_path / "nnUNet_raw" / "Dataset500_SyntheticCT"
+    campaign.ledger = quality.common.Ledger(tmp_path / "ledger.json")
+    campaign.env = lambda plans, results=None: {}
+    trained, argvs = [], []
+    campaign.screener = lambda row, seed: trained.append(row.setup.name) or {"density": "train/default"}
+    campaign.step = lambda step_id, argv, env, **extra: argvs.append(argv) or campaign.ledger.record(step_id, **extra)
+    setup, base = campaign.setup("latent_score", 1), campaign.setup("default", 1)
+    assert setup.plans == base.plans and setup.name == "latent_score_it10"
+    row = quality.Row("configs", "latent_score", setup, *quality.DEFAULT_VARIANT)
+    variant = campaign.ssl_variant(base)
+    for stage, folder_variant in (("descriptor", variant), ("condition", variant), ("density", "masking_flow")):
+        target = campaign.stage_dir(base, 0, stage, folder_variant)
+        target.mkdir(parents=True)
+        (target / quality.FINAL_CHECKPOINT).write_bytes(stage.encode())
+
+    assert campaign.shared_models(row, 0) == {"density": "train/default"} and trained == ["default_it10"]
+    for stage, folder_variant in (("descriptor", variant), ("condition", variant), ("density", "masking_flow")):
+        link = campaign.stage_dir(setup, 0, stage, folder_variant)
+        assert link.is_symlink() and link.resolve() == campaign.stage_dir(base, 0, stage, folder_variant).resolve()
+    assert campaign.predict(row, 0) == "predict/latent_score_it10/seed0/masking_flow"
+    (argv,) = argvs
+    assert argv[-2:] == ["--score", "latent"] and str(campaign.prediction_dir(row, 0)) in argv

@@ -13,6 +13,7 @@ import torch
 from nnscreener import paths
 from nnscreener.cli.predict import main
 from nnscreener.checkpoints import FINAL_CHECKPOINT, save_checkpoint
+from nnscreener.inference.predictor import SETTINGS_FILE
 from nnscreener.model import build_screener_model
 from nnscreener.networks.dense_net import build_dense_net
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
@@ -119,6 +120,28 @@ def test_errors_name_the_missing_input_dataset_model_or_checkpoint(plans, tmp_pa
     write_ct(scans / "a.nii.gz")
     code, _, err = _run(capsys, "-i", scans, "-d", DATASET_ID, *base, "-num_parts", 2, "-part_id", 2)
     assert code == 1 and "-part_id must lie in 0..1" in err
+
+
+def test_score_latent_writes_the_latent_energy_map_and_is_recorded(plans, tmp_path, capsys):
+    write_untrained_density_folder(plans)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_ct(scans / "ct_a.nii.gz")
+    common = ("-i", scans, "-d", DATASET_ID, "-p", plans.plans_name, "-device", "cpu", "-npp", 0, "-nps", 0)
+    maps = {}
+    for score in ("nll", "latent"):
+        code, _, _ = _run(capsys, *common, "-o", tmp_path / score, "--score", score)
+        assert code == 0
+        maps[score] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / score / "ct_a.nii.gz")))
+        assert json.loads((tmp_path / score / SETTINGS_FILE).read_text())["runs"][0]["score"] == score
+    code, _, _ = _run(capsys, *common, "-o", tmp_path / "default")
+    default = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "default" / "ct_a.nii.gz")))
+    np.testing.assert_array_equal(default, maps["nll"])  # the config's score, nll, is the default
+    assert not np.allclose(maps["latent"], maps["nll"])
+    assert maps["latent"].min() >= 0  # 0.5 ||z||^2, unlike an NLL
+
+    code, _, err = _run(capsys, *common, "-o", tmp_path / "ae", "--method", "baseline_ae", "--score", "latent")
+    assert code == 1 and "--score applies to --method screener only" in err and err.count("\n") == 1
 
 
 def test_help_lists_the_variant_choices(capsys):

@@ -8,8 +8,8 @@ import torch
 from scipy.stats import multivariate_normal
 
 from nnscreener.config import cpu_config
-from nnscreener.density.gaussian import (ConditionalGaussian, MarginalGaussian, diagonal_gaussian_nll,
-                                         floored_log_variance, raw_log_variance_for)
+from nnscreener.density.gaussian import (ConditionalGaussian, MarginalGaussian, diagonal_gaussian_latent_energy,
+                                         diagonal_gaussian_nll, floored_log_variance, raw_log_variance_for)
 from nnscreener.trainers.schedule import warmup_then_linear_decay
 
 
@@ -34,6 +34,45 @@ def test_diagonal_gaussian_nll_equals_scipy_logpdf():
     expected = [-multivariate_normal(m, np.diag(np.exp(lv))).logpdf(v)
                 for v, m, lv in zip(_voxels(y), _voxels(mean), _voxels(log_var))]
     np.testing.assert_allclose(nll.numpy().reshape(-1), expected, rtol=1e-10)
+
+
+def test_latent_energy_is_half_the_squared_mahalanobis_distance():
+    rng = np.random.default_rng(1)
+    y, mean, log_var = (rng.normal(size=(2, 4, 3, 2, 2)) for _ in range(3))
+    energy = diagonal_gaussian_latent_energy(*(torch.from_numpy(a) for a in (y, mean, log_var)))
+    assert energy.shape == (2, 1, 3, 2, 2)
+    expected = [0.5 * (v - m) @ np.diag(np.exp(-lv)) @ (v - m)
+                for v, m, lv in zip(_voxels(y), _voxels(mean), _voxels(log_var))]
+    np.testing.assert_allclose(energy.numpy().reshape(-1), expected, rtol=1e-10)
+
+
+def test_latent_energy_does_not_depend_on_the_spread_of_normal_data():
+    """Two regions of normal data, one 100x narrower: the NLL ranks the narrow region's voxels far below the wide
+    one's, the latent energy gives both the same chi-square(D)/2 law (mean D/2)."""
+    gen = torch.Generator().manual_seed(0)
+    d, n = 8, 20000
+    log_var = torch.tensor([-2 * np.log(10.0), 0.0]).view(2, 1, 1, 1, 1).expand(2, d, n, 1, 1)
+    y = torch.randn(2, d, n, 1, 1, generator=gen) * torch.exp(0.5 * log_var)
+    nll = diagonal_gaussian_nll(y, torch.zeros_like(y), log_var).view(2, n)
+    energy = diagonal_gaussian_latent_energy(y, torch.zeros_like(y), log_var).view(2, n)
+    assert float(nll[1].median() - nll[0].median()) > 0.5 * d * 2 * np.log(10.0) * 0.99
+    np.testing.assert_allclose(energy.mean(dim=1).numpy(), [d / 2, d / 2], rtol=0.03)
+
+
+def test_gaussian_models_latent_energy_is_the_nll_without_the_log_volume():
+    torch.manual_seed(0)
+    marginal = _mark_initialized(MarginalGaussian(5).double())
+    conditional = _mark_initialized(ConditionalGaussian(5, cond_dim=3, hidden=8).double())
+    with torch.no_grad():
+        marginal.raw_log_var.copy_(torch.randn(5))
+    y, c = torch.randn(2, 5, 2, 3, 2, dtype=torch.float64), torch.randn(2, 3, 2, 3, 2, dtype=torch.float64)
+    volume = 0.5 * (marginal.log_variance() + np.log(2 * np.pi)).sum()
+    torch.testing.assert_close(marginal.latent_energy(y), marginal.nll(y) - volume)
+    _, log_var = conditional.mean_and_log_variance(c)
+    volume = 0.5 * (log_var + np.log(2 * np.pi)).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(conditional.latent_energy(y, c), conditional.nll(y, c) - volume)
+    with pytest.raises(ValueError, match="condition map"):
+        conditional.latent_energy(y, None)
 
 
 def test_marginal_gaussian_nll_equals_scipy_logpdf():
