@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 import common  # noqa: E402
 from nnscreener import stages  # noqa: E402
 
-METRICS = ("auroc", "partial_auroc", "aupro")
+METRICS = ("auroc", "partial_auroc", "aupro", "local_auroc")
+#: Their column titles (local AUROC: each lesion against the normal tissue 15-30 mm around it, nnScreener_evaluate).
+METRIC_COLUMNS = "AUROC | AUROC@0.3 | AUPRO@0.3 | local AUROC"
 NODULE_KIND = "solid_lung_nodule"
 #: Cost entries of a row that count as training (a Screener model's three stages, the untrained control's writing,
 #: a baseline's one stage).
@@ -107,31 +109,23 @@ def table_methods(fig: Figures, protocol: str) -> str:
     rows = fig.rows("grid") + fig.rows("untrained") + fig.rows("floors")
     if not rows:
         return "_parts grid / untrained / floors not run_"
-    lines = ["| method | n | AUROC | AUROC@0.3 | AUPRO@0.3 | train CPU min | predict CPU min |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | n | {METRIC_COLUMNS} | train CPU min | predict CPU min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         train, predict = fig.train_and_predict(row)
         default = " (default)" if row.get("variant") == "masking_flow" and row["part"] == "grid" else ""
         name = f"Screener: {row['label']}{default}" if row["part"] == "grid" else row["label"]
         lines.append(f"| {name} | " + " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(train, 1)} | {cell(predict, 1)} |")
-    kinds = fig.kinds(protocol)
-    if kinds:
-        lines += ["", "Voxel AUROC per lesion kind:", "", "| method | " + " | ".join(kinds) + " |",
-                  "|---|" + "---:|" * len(kinds)]
-        for row in rows:
-            summaries = fig.summaries(row, protocol)
-            lines.append(f"| {row['label']} | " + " | ".join(cell(fig.metric(summaries, "auroc", k)) for k in kinds)
-                         + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + per_kind_table(fig, [(row["label"], row) for row in rows], protocol))
 
 
 def table_configs(fig: Figures, protocol: str) -> str:
     rows = fig.rows("configs")
     if not rows:
         return "_part `configs` not run_"
-    lines = ["| config | description | plan CPU min | n | AUROC | AUROC@0.3 | AUPRO@0.3 | train CPU min | "
-             "predict CPU min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| config | description | plan CPU min | n | {METRIC_COLUMNS} | train CPU min | predict CPU min |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         train, predict = fig.train_and_predict(row)
         plan = fig.ledger.get(f"plan/{row['plans']}")
@@ -148,9 +142,9 @@ def table_scaling(fig: Figures, protocol: str) -> str:
         return "_part `scaling` not run_"
     floors = [r for r in fig.rows("floors") if r["label"].startswith("intensity")]
     floor = fig.metric(fig.summaries(floors[0], protocol), "auroc", NODULE_KIND) if floors else []
-    lines = [f"| budget | steps: descriptor / condition / density | n | AUROC | AUROC@0.3 | AUPRO@0.3 | "
+    lines = [f"| budget | steps: descriptor / condition / density | n | {METRIC_COLUMNS} | "
              f"{NODULE_KIND} AUROC | intensity floor, {NODULE_KIND} | train CPU min | predict CPU min |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         train, predict = fig.train_and_predict(row)
         nodule = fig.metric(fig.summaries(row, protocol), "auroc", NODULE_KIND)
@@ -160,16 +154,23 @@ def table_scaling(fig: Figures, protocol: str) -> str:
     return "\n".join(lines)
 
 
+#: The per-kind tables: metric and title.
+PER_KIND = (("auroc", "Voxel AUROC per lesion kind (against normal voxels anywhere in the body):"),
+            ("local_auroc", "Local AUROC per lesion kind (each lesion against the normal tissue 15-30 mm around it; "
+                            "the same under both protocols):"))
+
+
 def per_kind_table(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], protocol: str) -> List[str]:
-    """Voxel AUROC per lesion kind, one line per ``(name, row)``; [] when no summary has kinds."""
+    """Voxel AUROC and local AUROC per lesion kind, one line per ``(name, row)``; [] when no summary has kinds."""
     kinds = fig.kinds(protocol)
     if not kinds:
         return []
-    lines = ["", "Voxel AUROC per lesion kind:", "", "| method | " + " | ".join(kinds) + " |",
-             "|---|" + "---:|" * len(kinds)]
-    for name, row in rows:
-        summaries = fig.summaries(row, protocol)
-        lines.append(f"| {name} | " + " | ".join(cell(fig.metric(summaries, "auroc", k)) for k in kinds) + " |")
+    lines: List[str] = []
+    for metric, title in PER_KIND:
+        lines += ["", title, "", "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for name, row in rows:
+            summaries = fig.summaries(row, protocol)
+            lines.append(f"| {name} | " + " | ".join(cell(fig.metric(summaries, metric, k)) for k in kinds) + " |")
     return lines
 
 
@@ -179,8 +180,8 @@ def table_baselines(fig: Figures, protocol: str) -> str:
         return "_part `baselines` not run_"
     named = [(f"Screener (masking + flow) {r['label']}", r) for r in fig.rows("scaling")]
     named += [(r["label"], r) for r in fig.rows("baselines")] + [(r["label"], r) for r in fig.rows("floors")]
-    lines = ["| method | optimizer steps | n | AUROC | AUROC@0.3 | AUPRO@0.3 | train CPU min | predict CPU min |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | optimizer steps | n | {METRIC_COLUMNS} | train CPU min | predict CPU min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in named:
         train, predict = fig.train_and_predict(row)
         steps = {"floors": "-", "scaling": " + ".join(map(str, row.get("iterations", [])))}.get(

@@ -6,6 +6,11 @@ scan are pooled, then voxel AUROC, AUROC up to FPR ``max_fpr`` (area / ``max_fpr
 without lesions contribute negatives only. Per lesion kind (label value), the positives are the voxels of that
 kind and the negatives the same pooled sample.
 
+Besides, every lesion's *local* AUROC (its voxels against the normal body voxels of a ring 15-30 mm around it,
+:mod:`nnscreener.evaluation.local_contrast`) is averaged over the lesions, per case, per kind and over the dataset
+(``local_auroc``, each lesion weighted equally): whether a map marks lesions against their own surroundings rather
+than scoring some regions higher than others.
+
 Memory: one case's volumes at a time, plus the samples (all lesion voxels and K negatives per case).
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ from tqdm import tqdm
 
 from nnscreener.errors import ScreenerError
 from nnscreener.evaluation import metrics
+from nnscreener.evaluation.local_contrast import RING_MM
 from nnscreener.evaluation.sampling import (BALANCED_VOXELS_PER_SCAN, DEFAULT_N_NEGATIVES, PROTOCOLS, CaseSample,
                                             balanced_subsample, load_case_sample, volume_files_by_case)
 
@@ -88,6 +94,8 @@ class _Pool:
     region_ids: List[np.ndarray] = field(default_factory=list)
     kind_region_ids: List[np.ndarray] = field(default_factory=list)
     negative_scores: List[np.ndarray] = field(default_factory=list)
+    local_aurocs: List[np.ndarray] = field(default_factory=list)
+    local_kinds: List[np.ndarray] = field(default_factory=list)
     n_regions: int = 0
     n_kind_regions: int = 0
 
@@ -97,12 +105,22 @@ class _Pool:
         self.region_ids.append(sample.region_ids + self.n_regions)
         self.kind_region_ids.append(sample.kind_region_ids + self.n_kind_regions)
         self.negative_scores.append(sample.negative_scores)
+        self.local_aurocs.append(sample.local_aurocs)
+        self.local_kinds.append(sample.local_kinds)
         self.n_regions += sample.n_regions
         self.n_kind_regions += int(sample.kind_region_ids.max(initial=0))
 
     def arrays(self) -> Dict[str, np.ndarray]:
         return {name: np.concatenate(getattr(self, name)) for name in
-                ("positive_scores", "positive_labels", "region_ids", "kind_region_ids", "negative_scores")}
+                ("positive_scores", "positive_labels", "region_ids", "kind_region_ids", "negative_scores",
+                 "local_aurocs", "local_kinds")}
+
+
+def mean_local_auroc(local_aurocs: np.ndarray) -> Optional[float]:
+    """The mean local AUROC of lesions (NaN entries, lesions without a ring, left out); None if there is none."""
+    defined = np.asarray(local_aurocs, np.float64)
+    defined = defined[np.isfinite(defined)]
+    return float(defined.mean()) if defined.size else None
 
 
 def _case_entry(sample: CaseSample, max_fpr: float) -> Dict[str, Any]:
@@ -112,6 +130,7 @@ def _case_entry(sample: CaseSample, max_fpr: float) -> Dict[str, Any]:
         "label_values": sorted(int(v) for v in np.unique(sample.positive_labels)),
         "n_negative_voxels": int(sample.negative_scores.size),
         "n_negative_candidates": sample.n_negative_candidates,
+        "local_auroc": mean_local_auroc(sample.local_aurocs),
     }
     if sample.positive_scores.size and sample.negative_scores.size:
         entry.update(compute_metrics(sample.positive_scores, sample.region_ids, sample.negative_scores, max_fpr))
@@ -207,6 +226,8 @@ def _dataset_entry(pool: _Pool, pooled: Mapping[str, np.ndarray], per_case: Mapp
         # and of lesion tissue
         "mean_normal_score": float(np.mean(pooled["negative_scores"])),
         "mean_lesion_score": float(np.mean(pooled["positive_scores"])),
+        "local_auroc": mean_local_auroc(pooled["local_aurocs"]),
+        "n_local_lesions": int(np.isfinite(pooled["local_aurocs"]).sum()),
         **compute_metrics(pooled["positive_scores"], pooled["region_ids"], pooled["negative_scores"], max_fpr),
     }
 
@@ -230,7 +251,10 @@ def _settings(ref_dir: PathLike, pred_dir: PathLike, images_dir: Optional[PathLi
         "geometry": "as stored in the label files (the original image geometry)",
         "metrics": {"auroc": "area under the voxel ROC curve",
                     "partial_auroc": f"area under the ROC curve up to FPR {max_fpr:g}, divided by {max_fpr:g}",
-                    "aupro": f"MVTec AUPRO up to FPR {max_fpr:g} (26-connected regions), divided by {max_fpr:g}"},
+                    "aupro": f"MVTec AUPRO up to FPR {max_fpr:g} (26-connected regions), divided by {max_fpr:g}",
+                    "local_auroc": f"mean over lesions (26-connected regions) of the AUROC of the lesion's voxels "
+                                   f"against the normal body voxels {RING_MM[0]:g}-{RING_MM[1]:g} mm around it "
+                                   f"(all voxels, whatever the protocol)"},
     }
 
 
@@ -249,6 +273,7 @@ def _per_kind(pooled: Mapping[str, np.ndarray], per_case: Mapping[str, Mapping[s
             "n_cases": sum(1 for entry in per_case.values() if value in entry["label_values"]),
             "n_positive_voxels": int(of_kind.sum()),
             "n_regions": int(np.unique(region_ids).size),
+            "local_auroc": mean_local_auroc(pooled["local_aurocs"][pooled["local_kinds"] == value]),
             **compute_metrics(pooled["positive_scores"][of_kind], region_ids, pooled["negative_scores"], max_fpr),
         }
     return result
@@ -261,11 +286,13 @@ def _format_metric(value: Optional[float]) -> str:
 def format_summary_table(summary: Mapping[str, Any], per_case: bool = True) -> str:
     """A plain-text table of a summary: one row per case with lesions, per lesion kind, and the pooled row."""
     titles = metric_titles(summary["settings"]["max_fpr"])
-    header = f"{'':<32} {'voxels':>9} {'regions':>7} " + " ".join(f"{titles[m]:>10}" for m in METRIC_NAMES)
+    header = (f"{'':<32} {'voxels':>9} {'regions':>7} " + " ".join(f"{titles[m]:>10}" for m in METRIC_NAMES)
+              + f" {'local AUROC':>11}")
 
     def row(name: str, entry: Mapping[str, Any]) -> str:
         return (f"{name[:32]:<32} {entry['n_positive_voxels']:>9} {entry['n_regions']:>7} "
-                + " ".join(f"{_format_metric(entry[m]):>10}" for m in METRIC_NAMES))
+                + " ".join(f"{_format_metric(entry[m]):>10}" for m in METRIC_NAMES)
+                + f" {_format_metric(entry.get('local_auroc')):>11}")
 
     lines = [header, "-" * len(header)]
     if per_case:

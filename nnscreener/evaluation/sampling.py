@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnscreener.errors import ScreenerError
+from nnscreener.evaluation.local_contrast import lesion_local_aurocs, ring_box
 from nnscreener.evaluation.metrics import label_regions
 from nnscreener.io.images import IMAGE_ENDINGS, read_image
 from nnscreener.planning.body_mask import body_mask_from_hu
@@ -66,6 +67,10 @@ class CaseSample:
         negative_scores: (n_neg,) float32 map values of the sampled normal body voxels.
         negative_indices: (n_neg,) int64 flat (C-order, z, y, x) indices of the sampled normal voxels, ascending.
         n_negative_candidates: number of non-lesion body voxels the negatives were drawn from.
+        local_aurocs: (n_lesions,) float64 local AUROC of each lesion against the normal ring around it
+            (:mod:`nnscreener.evaluation.local_contrast`; NaN: empty ring); empty when the spacing was not given.
+            Computed from all voxels of lesion and ring, so the ``balanced`` subsample keeps it unchanged.
+        local_kinds: (n_lesions,) int64 label value (most frequent) of each of those lesions.
     """
 
     case: str
@@ -77,6 +82,8 @@ class CaseSample:
     negative_scores: np.ndarray
     negative_indices: np.ndarray
     n_negative_candidates: int
+    local_aurocs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    local_kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def case_rng(seed: int, case: str) -> np.random.Generator:
@@ -129,8 +136,17 @@ def _lesion_bbox(lesion: np.ndarray) -> Tuple[slice, ...]:
     return tuple(bbox)
 
 
+def _local_contrast(score_map: np.ndarray, lesion_labels: np.ndarray, lesion: np.ndarray, body_mask: np.ndarray,
+                    bbox: Tuple[slice, ...], spacing_zyx: Tuple[float, float, float]) -> Tuple[np.ndarray, np.ndarray]:
+    """Local AUROC and kind of each lesion, computed in the lesions' bounding box grown by the ring's width."""
+    box = ring_box(bbox, lesion.shape, spacing_zyx)
+    regions, n_regions = label_regions(lesion[box])
+    return lesion_local_aurocs(score_map[box], regions, n_regions, lesion_labels[box], body_mask[box], spacing_zyx)
+
+
 def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, body_mask: np.ndarray,
-                n_negatives: int = DEFAULT_N_NEGATIVES, seed: int = 0) -> CaseSample:
+                n_negatives: int = DEFAULT_N_NEGATIVES, seed: int = 0,
+                spacing_zyx: Optional[Tuple[float, float, float]] = None) -> CaseSample:
     """Collects all lesion voxels and K seeded normal body voxels of one scan.
 
     Args:
@@ -140,6 +156,7 @@ def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, bod
         body_mask: (z, y, x) bool; negatives are drawn from ``body_mask & (lesion_labels == 0)``.
         n_negatives: K, normal voxels drawn (all candidates when the body has fewer).
         seed: base seed.
+        spacing_zyx: voxel size in mm; when given, each lesion's local AUROC is computed too.
     """
     if not (score_map.shape == lesion_labels.shape == body_mask.shape) or score_map.ndim != 3:
         raise ScreenerError(f"case {case}: map {score_map.shape}, labels {lesion_labels.shape} and body mask "
@@ -150,6 +167,7 @@ def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, bod
     positive_scores = np.zeros(0, np.float32)
     positive_labels = region_ids = kind_region_ids = np.zeros(0, np.int64)
     n_regions = 0
+    local_aurocs, local_kinds = np.zeros(0), np.zeros(0, np.int64)
     if lesion.any():
         bbox = _lesion_bbox(lesion)
         labels_crop, lesion_crop = lesion_labels[bbox], lesion[bbox]
@@ -165,6 +183,9 @@ def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, bod
         positive_labels = labels_crop[lesion_crop].astype(np.int64)
         region_ids = regions[lesion_crop].astype(np.int64)
         kind_region_ids = kind_regions[lesion_crop]
+        if spacing_zyx is not None:
+            local_aurocs, local_kinds = _local_contrast(score_map, lesion_labels, lesion, body_mask, bbox,
+                                                        spacing_zyx)
     candidates = body_mask & ~lesion
     negative_indices = sample_flat_indices(candidates, n_negatives, case_rng(seed, case))
     return CaseSample(
@@ -177,6 +198,8 @@ def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, bod
         negative_scores=score_map.ravel()[negative_indices].astype(np.float32),
         negative_indices=negative_indices,
         n_negative_candidates=int(candidates.sum()),
+        local_aurocs=local_aurocs,
+        local_kinds=local_kinds,
     )
 
 
@@ -310,4 +333,5 @@ def load_case_sample(case: str, label_file: Path, map_file: Path, image_file: Op
         del image
     else:
         body = body_from_map(score_map)
-    return sample_case(case, score_map, labels, body, n_negatives=n_negatives, seed=seed)
+    spacing_zyx = tuple(float(s) for s in reversed(label_image.GetSpacing()))
+    return sample_case(case, score_map, labels, body, n_negatives=n_negatives, seed=seed, spacing_zyx=spacing_zyx)

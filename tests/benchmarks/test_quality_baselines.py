@@ -25,8 +25,8 @@ def test_baseline_rows_get_the_three_stages_steps_together_and_predict_with_thei
 
 
 def _summary(path: Path, auroc: float, per_kind: dict) -> str:
-    path.write_text(json.dumps({"dataset": {"auroc": auroc, "partial_auroc": 0.2, "aupro": 0.1},
-                                "per_kind": {k: {"auroc": v} for k, v in per_kind.items()}}))
+    path.write_text(json.dumps({"dataset": {"auroc": auroc, "partial_auroc": 0.2, "aupro": 0.1, "local_auroc": 0.5},
+                                "per_kind": {k: {"auroc": v, "local_auroc": v / 2} for k, v in per_kind.items()}}))
     return str(path)
 
 
@@ -42,9 +42,11 @@ def test_baselines_table_sets_them_beside_the_default_model_per_lesion_kind(tmp_
     (tmp_path / "campaign.json").write_text(json.dumps({"rows": rows, "protocols": ["all"]}))
     (tmp_path / "ledger.json").write_text(json.dumps(ledger))
     table = report.table_baselines(report.Figures(tmp_path), "all")
-    assert "| Screener (masking + flow) 1x | 1 + 2 + 3 | 1 | 0.900 | 0.200 | 0.100 | 10.0 | 1.0 |" in table
-    assert "| baseline_ae 1x | 6 | 1 | 0.700 | 0.200 | 0.100 | 2.0 | 0.5 |" in table
+    assert "| Screener (masking + flow) 1x | 1 + 2 + 3 | 1 | 0.900 | 0.200 | 0.100 | 0.500 | 10.0 | 1.0 |" in table
+    assert "| baseline_ae 1x | 6 | 1 | 0.700 | 0.200 | 0.100 | 0.500 | 2.0 | 0.5 |" in table
     assert "| method | nodule | liver |" in table and "| baseline_ae 1x | 0.600 | 0.750 |" in table
+    local = table[table.index("Local AUROC per lesion kind"):]
+    assert "| baseline_ae 1x | 0.300 | 0.375 |" in local and "| baseline_ae 1x | 0.600 | 0.750 |" not in local
     assert report.table_baselines(report.Figures(_without_baselines(tmp_path)), "all") == \
         "_part `baselines` not run_"
 

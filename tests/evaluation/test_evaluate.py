@@ -128,6 +128,9 @@ def test_perfect_map_scores_one_and_body_from_map_without_images(tmp_path: Path)
     summary = evaluate_folder(tmp_path / "labelsTs", tmp_path / "maps", n_negatives=100)
     assert summary["settings"]["body"] == "voxels above the map's minimum"
     assert [summary["dataset"][m] for m in ("auroc", "partial_auroc", "aupro")] == pytest.approx([1.0] * 3, abs=1e-12)
+    # each lesion against the body 15-30 mm around it (the tiny scans are 16 x 17.6 x 16 mm: some have no ring)
+    assert summary["dataset"]["local_auroc"] == 1.0 and summary["dataset"]["n_local_lesions"] >= 1
+    assert all(entry["local_auroc"] in (None, 1.0) for entry in summary["per_kind"].values())
 
 
 def test_errors_name_the_missing_case_and_the_geometry_mismatch(tmp_path: Path):
