@@ -208,32 +208,32 @@ def test_invertible_1x1_logdet_is_float64_accurate():
 # ---------------------------------------------------------------------------------------------- density
 
 
-def test_flow_nll_is_the_change_of_variables_formula():
+def _random_conditional_flow():
+    """A conditional FlowDensity with random parameters, inputs y, c, and its latent z (as (voxels, D) float64)
+    and log-determinant."""
     torch.manual_seed(0)
     density = FlowDensity(D, num_blocks=2, hidden=HIDDEN, cond_dim=DC)
     y, c = torch.randn(2, D, 2, 2, 2), torch.randn(2, DC, 2, 2, 2)
     density.nll(y, c)  # actnorm init
     _randomise_parameters(density)
     z, logdet = density.flow(y, c)
+    return density, y, c, z.detach().permute(0, 2, 3, 4, 1).reshape(-1, D).double().numpy(), logdet.detach()
+
+
+def test_flow_nll_is_the_change_of_variables_formula():
+    density, y, c, z_np, logdet = _random_conditional_flow()
     standard_normal = multivariate_normal(mean=np.zeros(D), cov=np.eye(D))
-    z_np = z.detach().permute(0, 2, 3, 4, 1).reshape(-1, D).double().numpy()
-    expected = -standard_normal.logpdf(z_np) - logdet.detach().reshape(-1).double().numpy()
+    expected = -standard_normal.logpdf(z_np) - logdet.reshape(-1).double().numpy()
     np.testing.assert_allclose(density.nll(y, c).detach().reshape(-1).numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_flow_latent_energy_is_half_the_squared_latent():
-    torch.manual_seed(0)
-    density = FlowDensity(D, num_blocks=2, hidden=HIDDEN, cond_dim=DC)
-    y, c = torch.randn(2, D, 2, 2, 2), torch.randn(2, DC, 2, 2, 2)
-    density.nll(y, c)  # actnorm init
-    _randomise_parameters(density)
-    z, logdet = density.flow(y, c)
+    density, y, c, z_np, logdet = _random_conditional_flow()
     energy = density.latent_energy(y, c)
     assert energy.shape == (2, 1, 2, 2, 2)
-    z_np = z.detach().permute(0, 2, 3, 4, 1).reshape(-1, D).double().numpy()
     np.testing.assert_allclose(energy.detach().reshape(-1).numpy(), 0.5 * (z_np ** 2).sum(axis=1), rtol=1e-5)
     volume = 0.5 * D * math.log(2 * math.pi) - logdet  # what the NLL adds: not a function of how rare y is
-    torch.testing.assert_close(density.nll(y, c) - energy, volume, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(density.nll(y, c).detach() - energy.detach(), volume, rtol=1e-5, atol=1e-4)
 
 
 def test_flow_nll_is_finite_for_extreme_inputs():
