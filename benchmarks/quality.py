@@ -292,8 +292,8 @@ class Campaign:
         needed, counted in its cost), linked into its own results root."""
         base = dataclasses.replace(row, setup=self.setup(CONFIGS[row.setup.config].models_of, row.setup.scale))
         cost = self.screener(base, seed)
-        ssl_variant = self.ssl_variant(base.setup)
-        for stage, variant in ((*((s, ssl_variant) for s in SSL_STAGES), ("density", row.variant))):
+        variants = {**dict.fromkeys(SSL_STAGES, self.ssl_variant(base.setup)), "density": row.variant}
+        for stage, variant in variants.items():
             self.link(self.stage_dir(row.setup, seed, stage, variant), self.stage_dir(base.setup, seed, stage, variant))
         return cost
 

@@ -22,9 +22,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
 from nnscreener import stages  # noqa: E402
+from nnscreener.evaluation.local_contrast import RING_MM  # noqa: E402
 
 METRICS = ("auroc", "partial_auroc", "aupro", "local_auroc")
-#: Their column titles (local AUROC: each lesion against the normal tissue 15-30 mm around it, nnScreener_evaluate).
+#: Their column titles (local AUROC: each lesion against the normal tissue around it, nnScreener_evaluate).
 METRIC_COLUMNS = "AUROC | AUROC@0.3 | AUPRO@0.3 | local AUROC"
 NODULE_KIND = "solid_lung_nodule"
 #: Cost entries of a row that count as training (a Screener model's three stages, the untrained control's writing,
@@ -156,8 +157,8 @@ def table_scaling(fig: Figures, protocol: str) -> str:
 
 #: The per-kind tables: metric and title.
 PER_KIND = (("auroc", "Voxel AUROC per lesion kind (against normal voxels anywhere in the body):"),
-            ("local_auroc", "Local AUROC per lesion kind (each lesion against the normal tissue 15-30 mm around it; "
-                            "the same under both protocols):"))
+            ("local_auroc", f"Local AUROC per lesion kind (each lesion against the normal tissue "
+                            f"{RING_MM[0]:g}-{RING_MM[1]:g} mm around it; the same under both protocols):"))
 
 
 def per_kind_table(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], protocol: str) -> List[str]:

@@ -87,18 +87,19 @@ class ScreenerModel(nn.Module):
         return y.float(), None if c is None else c.float()
 
     def _nll(self, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
-        """The density in float32 even under autocast (flow log-determinants summed over many blocks)."""
-        with torch.autocast(device_type=y.device.type, enabled=False):
-            return self.density.nll(y, c)
+        return self._in_float32(self.density.nll, y, c)
 
     def _score(self, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
-        """The anomaly score :attr:`score` of pooled maps, in float32 (see :meth:`_nll`)."""
-        if self.score == "nll":
-            return self._nll(y, c)
-        if self.score != "latent":
+        """The anomaly score :attr:`score` of pooled maps: the density's ``nll`` or ``latent_energy``."""
+        if self.score not in SCORES:
             raise ScreenerError(f"unknown anomaly score {self.score!r}; known: {list(SCORES)}")
+        return self._in_float32(self.density.nll if self.score == "nll" else self.density.latent_energy, y, c)
+
+    @staticmethod
+    def _in_float32(density_method, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """A density method in float32 even under autocast (flow log-determinants summed over many blocks)."""
         with torch.autocast(device_type=y.device.type, enabled=False):
-            return self.density.latent_energy(y, c)
+            return density_method(y, c)
 
     def forward(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
         """NLL map for training: in training mode, N(0, noise_std^2) noise is added to y and c first.

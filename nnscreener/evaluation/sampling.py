@@ -67,9 +67,10 @@ class CaseSample:
         negative_scores: (n_neg,) float32 map values of the sampled normal body voxels.
         negative_indices: (n_neg,) int64 flat (C-order, z, y, x) indices of the sampled normal voxels, ascending.
         n_negative_candidates: number of non-lesion body voxels the negatives were drawn from.
-        local_aurocs: (n_lesions,) float64 local AUROC of each lesion against the normal ring around it
-            (:mod:`nnscreener.evaluation.local_contrast`; NaN: empty ring); empty when the spacing was not given.
-            Computed from all voxels of lesion and ring, so the ``balanced`` subsample keeps it unchanged.
+        local_aurocs: (n_lesions,) float64 local AUROC of each lesion of the scan against the normal ring around
+            it (:mod:`nnscreener.evaluation.local_contrast`; NaN: empty ring); entry i is region i + 1 of the full
+            sample's ``region_ids``. Empty when the spacing was not given. Computed from all voxels of lesion and
+            ring, so the ``balanced`` subsample keeps it unchanged (its renumbered regions do not index it).
         local_kinds: (n_lesions,) int64 label value (most frequent) of each of those lesions.
     """
 
@@ -136,12 +137,16 @@ def _lesion_bbox(lesion: np.ndarray) -> Tuple[slice, ...]:
     return tuple(bbox)
 
 
-def _local_contrast(score_map: np.ndarray, lesion_labels: np.ndarray, lesion: np.ndarray, body_mask: np.ndarray,
-                    bbox: Tuple[slice, ...], spacing_zyx: Tuple[float, float, float]) -> Tuple[np.ndarray, np.ndarray]:
-    """Local AUROC and kind of each lesion, computed in the lesions' bounding box grown by the ring's width."""
-    box = ring_box(bbox, lesion.shape, spacing_zyx)
-    regions, n_regions = label_regions(lesion[box])
-    return lesion_local_aurocs(score_map[box], regions, n_regions, lesion_labels[box], body_mask[box], spacing_zyx)
+def _local_contrast(score_map: np.ndarray, lesion_labels: np.ndarray, body_mask: np.ndarray, bbox: Tuple[slice, ...],
+                    regions: np.ndarray, n_regions: int,
+                    spacing_zyx: Tuple[float, float, float]) -> Tuple[np.ndarray, np.ndarray]:
+    """Local AUROC and kind of each lesion (entry i: region i + 1 of ``regions``, the lesions' regions in their
+    bounding box ``bbox``), computed in that box grown by the ring's width."""
+    box = ring_box(bbox, lesion_labels.shape, spacing_zyx)
+    grown = np.zeros(tuple(b.stop - b.start for b in box), regions.dtype)  # the regions, placed in the grown box
+    inside = tuple(slice(inner.start - outer.start, inner.stop - outer.start) for inner, outer in zip(bbox, box))
+    grown[inside] = regions
+    return lesion_local_aurocs(score_map[box], grown, n_regions, lesion_labels[box], body_mask[box], spacing_zyx)
 
 
 def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, body_mask: np.ndarray,
@@ -184,7 +189,7 @@ def sample_case(case: str, score_map: np.ndarray, lesion_labels: np.ndarray, bod
         region_ids = regions[lesion_crop].astype(np.int64)
         kind_region_ids = kind_regions[lesion_crop]
         if spacing_zyx is not None:
-            local_aurocs, local_kinds = _local_contrast(score_map, lesion_labels, lesion, body_mask, bbox,
+            local_aurocs, local_kinds = _local_contrast(score_map, lesion_labels, body_mask, bbox, regions, n_regions,
                                                         spacing_zyx)
     candidates = body_mask & ~lesion
     negative_indices = sample_flat_indices(candidates, n_negatives, case_rng(seed, case))
