@@ -12,8 +12,8 @@ Parts (``--parts``): ``grid`` (condition none / sincos / masking x density gauss
 (random descriptor and condition networks from ``untrained_models.py``, masking + flow density trained on them),
 ``floors``
 (``nnscreener.evaluation.floors``), ``scaling`` (masking + flow at ``--scales`` x 1x), ``configs`` (the
-configurations of :data:`CONFIGS` at ``--config_scale`` x 1x), ``baselines`` (each stage of :data:`BASELINES` at
-``--scales`` x 1x, predicted with ``nnScreener_predict --method``). 1x is ``--base_iterations`` (default: the
+configurations of :data:`CONFIGS` at ``--config_scale`` x 1x), ``baselines`` (the ``--baselines`` rows of
+:data:`BASELINES` at ``--scales`` x 1x, predicted with ``nnScreener_predict --method``). 1x is ``--base_iterations`` (default: the
 demo's); a baseline at a budget gets as many optimizer steps as the three Screener stages together at that budget
 (the CPU minutes each really took are in the tables).
 
@@ -54,8 +54,25 @@ SSL_STAGES = ("descriptor", "condition")
 GRID = tuple((condition, density) for condition in ("none", "sincos", "masking") for density in ("gaussian", "flow"))
 DEFAULT_VARIANT = ("masking", "flow")
 PARTS = ("grid", "untrained", "floors", "scaling", "configs", "baselines")
-#: The baselines of part ``baselines``: every ``baseline_*`` method of the stage registry (one stage each).
-BASELINES = tuple(m for m in stages.METHODS if m.startswith("baseline_"))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A row of part ``baselines``: a baseline method, trained with extra ``--set`` overrides of its stage."""
+
+    method: str
+    overrides: Tuple[str, ...] = ()
+
+    def train_args(self) -> Tuple[str, ...]:
+        return tuple(a for item in self.overrides for a in ("--set", item))
+
+
+#: The rows of part ``baselines`` (``--baselines``): every ``baseline_*`` method of the stage registry as
+#: configured, then variants (a variant trains into its own result folder, named by its trainer's ``variant_for``).
+BASELINES: Dict[str, Baseline] = {
+    **{m: Baseline(m) for m in stages.METHODS if m.startswith("baseline_")},
+    "baseline_synthetic_visible": Baseline("baseline_synthetic", ("baseline_synthetic.target=visible",)),
+}
 FLOORS = ("intensity", "random")
 
 
@@ -91,6 +108,7 @@ class Row:
     density: str
     method: str = stages.DEFAULT_METHOD
     baseline_variant: str = ""
+    train_args: Tuple[str, ...] = ()  # a baseline row's own nnScreener_train arguments
 
     @property
     def stage(self) -> str:
@@ -202,22 +220,24 @@ class Campaign:
             rows += [Row("scaling", f"{s:g}x", self.setup("default", s), *DEFAULT_VARIANT) for s in sorted(a.scales)]
         if "baselines" in a.parts:
             setups = [self.setup("default", s) for s in sorted(a.scales)]
-            rows += [Row("baselines", f"{m} {setup.scale:g}x", setup, *DEFAULT_VARIANT, m,
-                         self.baseline_variant(setup, m)) for m in BASELINES for setup in setups]
+            chosen = [(name, BASELINES[name]) for name in a.baselines]
+            rows += [Row("baselines", f"{name} {setup.scale:g}x", setup, *DEFAULT_VARIANT, b.method,
+                         self.baseline_variant(setup, b), b.train_args()) for name, b in chosen for setup in setups]
         return rows
 
-    def resolved_config(self, setup: Setup, stage: str):
-        """The config a stage of a setup trains with: preset + planning + training overrides."""
+    def resolved_config(self, setup: Setup, stage: str, extra: Sequence[str] = ()):
+        """The config a stage of a setup trains with: preset + planning + training overrides (+ ``extra`` args)."""
         from nnscreener.cli.train import build_parser, run_overrides
         from nnscreener.config import merge, parse_set_overrides, validate
 
         config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
-        return validate(merge(config, run_overrides(build_parser().parse_args(["0", stage, *setup.args_of(stage)]))))
+        args = build_parser().parse_args(["0", stage, *setup.args_of(stage), *extra])
+        return validate(merge(config, run_overrides(args)))
 
-    def baseline_variant(self, setup: Setup, method: str) -> str:
-        """The result-folder variant a baseline of a setup trains (its trainer's ``variant_for``)."""
-        stage = stages.method_stage(method).name
-        return stages.trainer_class(stage).variant_for(self.resolved_config(setup, stage))
+    def baseline_variant(self, setup: Setup, baseline: Baseline) -> str:
+        """The result-folder variant a baseline row of a setup trains (its trainer's ``variant_for``)."""
+        stage = stages.method_stage(baseline.method).name
+        return stages.trainer_class(stage).variant_for(self.resolved_config(setup, stage, baseline.train_args()))
 
     def ssl_variant(self, setup: Setup) -> str:
         """The descriptor/condition variant a setup trains: preset + planning + training overrides."""
@@ -349,7 +369,7 @@ class Campaign:
         setup = row.setup
         self.plan(setup)
         if row.method != stages.DEFAULT_METHOD:
-            cost = {row.stage: self.train(setup, seed, row.stage, row.variant)}
+            cost = {row.stage: self.train(setup, seed, row.stage, row.variant, row.train_args)}
         elif CONFIGS[setup.config].models_of:
             cost = self.shared_models(row, seed)
         else:
@@ -419,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", type=_comma_list(PARTS), default=list(PARTS), help=f"default {','.join(PARTS)}")
     p.add_argument("--configs", type=_comma_list(tuple(CONFIGS)), default=list(CONFIGS),
                    help=f"configurations of part configs (default {','.join(CONFIGS)})")
+    p.add_argument("--baselines", type=_comma_list(tuple(BASELINES)), default=list(BASELINES),
+                   help=f"rows of part baselines (default {','.join(BASELINES)})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     p.add_argument("--protocols", nargs="+", default=["all"],
                    help="nnScreener_evaluate --protocol values to evaluate under (default all)")

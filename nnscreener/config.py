@@ -30,6 +30,9 @@ BLENDINGS = ("uniform", "gaussian")
 SCORES = ("nll", "latent")
 DESCRIPTOR_NORMS = ("instance", "layer")
 DISTILL_TARGETS = ("map", "map+features")
+#: What baseline_synthetic regresses (nnscreener/baselines/synthetic_anomalies.py): "blend" = the blending factor
+#: over the whole region (MOOD-Top1), "visible" = the blending factor only where the blend visibly changed the voxel.
+SYNTHETIC_TARGETS = ("blend", "visible")
 
 
 def _zyx(v: Tuple) -> Tuple:
@@ -200,6 +203,10 @@ class SyntheticAnomalyConfig:
     intensity_shift_range: Tuple[float, float] = (0.05, 0.3)  # |shift| of [0, 1] intensities (sign random)
     intensity_gain_range: Tuple[float, float] = (0.7, 1.3)  # multiplicative contrast factor
     deformation_mm_range: Tuple[float, float] = (3.0, 12.0)  # mm, peak displacement of the smooth deformation
+    target: Literal["blend", "visible"] = "blend"  # SYNTHETIC_TARGETS
+    # "visible" target: alpha x min(1, |change| / visible_change), |change| in [0, 1] intensity units (0.02 ~ 26 HU
+    # of the [-1000, 300] HU window before CLAHE)
+    visible_change: float = 0.02
     batch_size: int = 4  # patches per step
     num_iterations: int = 35_000
     warmup_iterations: int = 1_000
@@ -440,6 +447,7 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
         (cfg.inference.score, SCORES, "inference.score"),
         (cfg.network.descriptor_norm, DESCRIPTOR_NORMS, "network.descriptor_norm"),
         (cfg.baseline_ae.loss, RECONSTRUCTION_LOSSES, "baseline_ae.loss"),
+        (cfg.baseline_synthetic.target, SYNTHETIC_TARGETS, "baseline_synthetic.target"),
         (cfg.distill.targets, DISTILL_TARGETS, "distill.targets"),
     )
     for value, allowed, name in checks:
@@ -460,12 +468,14 @@ def _validate_synthetic_anomalies(cfg: SyntheticAnomalyConfig) -> None:
         "alpha_range": not 0 < cfg.alpha_range[0] <= cfg.alpha_range[1] <= 1,
         "kind_weights": len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0,
         "radius_mm_range": not 0 < cfg.radius_mm_range[0] <= cfg.radius_mm_range[1],
+        "visible_change": not cfg.visible_change > 0,
     }
     bad = [name for name, wrong in problems.items() if wrong]
     if bad:
         raise ScreenerError(f"baseline_synthetic.{bad[0]}={getattr(cfg, bad[0])!r} is invalid: p_anomaly lies in "
                             f"[0, 1], alpha_range in (0, 1] (low <= high), kind_weights are 3 non-negative chances "
-                            f"(foreign, intensity, deformation) not all 0, radius_mm_range > 0 (low <= high)")
+                            f"(foreign, intensity, deformation) not all 0, radius_mm_range > 0 (low <= high), "
+                            f"visible_change > 0")
 
 
 def _validate_draem_anomalies(cfg: DraemConfig) -> None:

@@ -15,6 +15,11 @@ with m the region's indicator, alpha ~ U(``alpha_range``) and the source s one o
 So the target is exactly alpha inside R and 0 outside, and the image is unchanged outside R. With probability
 1 - ``p_anomaly`` the patch stays normal (target 0 everywhere).
 
+With ``target="visible"`` (an option beyond MOOD-Top1, in the spirit of NSA's intensity-difference labels) the
+target is ``alpha * min(1, |out - x| / visible_change)`` inside R: a voxel the blend did not visibly change (a
+deformation of homogeneous tissue, a foreign patch of the same tissue) is not labelled anomalous, so the network is
+never taught that unchanged normal tissue may be an anomaly (docs/method-notes.md, baselines).
+
 DRAEM's anomalies (``baseline_draem``, :func:`make_draem_anomaly`) are shaped by thresholded smooth random noise
 (in place of Perlin noise: a coarse normal grid of cells of U(``noise_scale_mm_range``) mm, cubic-upsampled,
 normalised to std 1, above ``noise_threshold``), keep a share beta of the image inside them
@@ -54,6 +59,20 @@ def blend(image: np.ndarray, source: np.ndarray, region: np.ndarray, alpha: floa
     weight = (alpha * region).astype(np.float32)
     out = np.where(region, image + weight * (source - image), image).astype(np.float32)
     return out, weight
+
+
+def visible_target(image: np.ndarray, out: np.ndarray, region: np.ndarray, alpha: float,
+                   visible_change: float) -> np.ndarray:
+    """``alpha * min(1, |out - image| / visible_change)`` inside ``region``, 0 outside ((Z, Y, X) float32).
+
+    Args:
+        image, out: the patch before and after the blend, [0, 1] intensities.
+        region: (Z, Y, X) bool, the anomaly's region.
+        alpha: the blending factor.
+        visible_change: the change (in [0, 1] intensity units) from which a voxel counts as fully changed.
+    """
+    seen = np.minimum(np.abs(out - image) / float(visible_change), 1.0)
+    return np.where(region, alpha * seen, 0.0).astype(np.float32)
 
 
 def random_region(shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float], radius_mm_range: Sequence[float],
@@ -130,7 +149,8 @@ def make_synthetic_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_m
         rng: the generator every draw comes from.
 
     Returns:
-        The (possibly unchanged) image, its target (the blending factor where blended, 0 elsewhere) and the draw.
+        The (possibly unchanged) image, its target (``cfg.target``: the blending factor where blended, or where the
+        blend visibly changed the voxel; 0 elsewhere) and the draw.
     """
     image = _patch_beside(image, foreign)
     kind = _draw_kind(cfg.p_anomaly, cfg.kind_weights, rng)
@@ -145,6 +165,8 @@ def make_synthetic_anomaly(image: np.ndarray, foreign: np.ndarray, spacing_zyx_m
     else:
         source = deformation_source(image, spacing_zyx_mm, cfg, rng)
     out, target = blend(image, source, region, alpha)
+    if cfg.target == "visible":
+        target = visible_target(image, out, region, alpha, cfg.visible_change)
     return SyntheticAnomaly(out, target, kind, alpha, region)
 
 

@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"condition + density; distilled: the student of nnScreener_train DATASET distill -p "
                              f"PLANS, one UNet; the others: the baseline stage of the same name)")
     parser.add_argument("--variant", default="",
-                        help="baselines: the result folder's variant (baseline_ae: its loss, l1 or l2); default: "
-                             "the only one trained for these plans")
+                        help="baselines: the result folder's variant (baseline_ae: its loss, l1 or l2; "
+                             "baseline_synthetic: its target, blend or visible); default: the only one trained for "
+                             "these plans")
     parser.add_argument("--targets", default="map", choices=DISTILL_TARGETS,
                         help="--method distilled: the student's targets, as given to nnScreener_train (default map)")
     parser.add_argument("--teacher_plans", default=paths.DEFAULT_PLANS,

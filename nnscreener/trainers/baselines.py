@@ -7,7 +7,8 @@ scoring model, so the final checkpoint is all ``nnScreener_predict --method base
 - ``baseline_ae``: :class:`~nnscreener.baselines.autoencoder.AutoencoderModel` on plain patches, L1 or L2
   reconstruction loss (``baseline_ae.loss``); folder ``baseline_ae__<loss>__<plans>``.
 - ``baseline_synthetic``: :class:`~nnscreener.baselines.blend_regression.BlendRegressionModel` on patches with
-  synthetic anomalies, binary cross-entropy against the blending factor; folder ``baseline_synthetic__blend__<plans>``.
+  synthetic anomalies, binary cross-entropy against the blending factor (over the region, or where the blend
+  visibly changed the voxel: ``baseline_synthetic.target``); folder ``baseline_synthetic__<target>__<plans>``.
 - ``baseline_draem``: :class:`~nnscreener.baselines.draem.DraemModel` on patches with DRAEM's anomalies,
   L2 + (1 - SSIM) for the reconstruction of the clean patch plus the focal loss of the discriminative network;
   folder ``baseline_draem__draem__<plans>``.
@@ -74,7 +75,7 @@ class SyntheticAnomalyTrainer(_BaselineTrainer):
 
     @classmethod
     def variant_for(cls, config: ScreenerConfig) -> str:
-        return "blend"
+        return config.baseline_synthetic.target
 
     def build_network(self) -> nn.Module:
         return build_blend_model(self.screener_plans)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnscreener.baselines.synthetic_anomalies import (KINDS, blend, deformation_source, make_synthetic_anomaly,
-                                                      random_region)
+                                                      random_region, visible_target)
 from nnscreener.config import get_preset
 
 SHAPE = (12, 20, 16)
@@ -88,8 +88,38 @@ def test_blend_formula_and_deformation_peak():
     assert 0.5 < shift_x.max() <= 6.0 / SPACING[2] + 1e-4  # peak displacement 6 mm = 2 voxels in x
 
 
+def test_visible_target_is_the_blend_factor_scaled_by_the_visible_change_voxel_by_voxel():
+    image, foreign = patches(3)
+    cfg = config(p_anomaly=1.0, target="visible", visible_change=0.05)
+    for seed in range(6):
+        sample = make_synthetic_anomaly(image, foreign, SPACING, cfg, np.random.default_rng(seed))
+        for index in np.ndindex(SHAPE):  # the slow, obvious reference
+            change = abs(float(sample.image[index]) - float(image[index]))
+            expected = sample.alpha * min(1.0, change / 0.05) if sample.region[index] else 0.0
+            assert sample.target[index] == pytest.approx(expected, abs=1e-6)
+        blended = make_synthetic_anomaly(image, foreign, SPACING, config(p_anomaly=1.0), np.random.default_rng(seed))
+        np.testing.assert_array_equal(sample.image, blended.image)  # the same draw, only the target differs
+        assert (sample.target <= blended.target + 1e-7).all()
+
+
+def test_an_invisible_anomaly_gets_no_visible_target():
+    """A deformation of homogeneous tissue changes nothing: 'blend' still labels its region, 'visible' does not."""
+    flat, foreign = np.full(SHAPE, 0.4, dtype=np.float32), patches()[1]
+    deform = dict(p_anomaly=1.0, kind_weights=(0.0, 0.0, 1.0))
+    blended = make_synthetic_anomaly(flat, foreign, SPACING, config(**deform), np.random.default_rng(0))
+    visible = make_synthetic_anomaly(flat, foreign, SPACING, config(target="visible", **deform),
+                                     np.random.default_rng(0))
+    np.testing.assert_allclose(visible.image, flat, atol=1e-6)
+    assert blended.target[blended.region].min() == np.float32(blended.alpha) and not visible.target.any()
+    region = np.zeros(SHAPE, dtype=bool)
+    region[1:3, 2:4, 2:4] = True
+    half_visible = visible_target(flat, flat + 0.01, region, 0.8, 0.02)
+    assert np.allclose(half_visible[region], 0.4) and not half_visible[~region].any()
+
+
 @pytest.mark.parametrize("setting", ["p_anomaly=1.5", "alpha_range=0,1", "kind_weights=0,0,0",
-                                     "kind_weights=1,1", "radius_mm_range=5,2"])
+                                     "kind_weights=1,1", "radius_mm_range=5,2", "visible_change=0",
+                                     "target=everywhere"])
 def test_impossible_anomaly_settings_are_refused_by_name(setting):
     from nnscreener.config import merge, parse_set_overrides, validate
     from nnscreener.errors import ScreenerError

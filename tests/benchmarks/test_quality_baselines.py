@@ -19,9 +19,31 @@ def test_baseline_rows_get_the_three_stages_steps_together_and_predict_with_thei
         ("baseline_synthetic 1x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 60),
         ("baseline_synthetic 4x", "baseline_synthetic", "blend", "baseline_synthetic__blend", 240),
         ("baseline_draem 1x", "baseline_draem", "draem", "baseline_draem__draem", 60),
-        ("baseline_draem 4x", "baseline_draem", "draem", "baseline_draem__draem", 240)]
+        ("baseline_draem 4x", "baseline_draem", "draem", "baseline_draem__draem", 240),
+        ("baseline_synthetic_visible 1x", "baseline_synthetic", "visible", "baseline_synthetic__visible", 60),
+        ("baseline_synthetic_visible 4x", "baseline_synthetic", "visible", "baseline_synthetic__visible", 240)]
     assert rows[0].setup.name == "default_it10-20-30"  # the same results root as the default model at 1x
-    assert quality.BASELINES == ("baseline_ae", "baseline_synthetic", "baseline_draem")
+    assert [r.train_args for r in rows[-2:]] == [("--set", "baseline_synthetic.target=visible")] * 2
+    assert not any(r.train_args for r in rows[:-2])
+    assert [m for m in quality.BASELINES if m == quality.BASELINES[m].method] == [
+        "baseline_ae", "baseline_synthetic", "baseline_draem"]  # every baseline stage as configured
+
+
+def test_a_baseline_variant_trains_with_its_overrides_into_its_own_folder(tmp_path):
+    campaign = quality.Campaign.__new__(quality.Campaign)
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--parts", "baselines",
+                                                       "--baselines", "baseline_synthetic_visible", "--scales", "1",
+                                                       "--base_iterations", "10"])
+    campaign.work_dir, campaign.raw_dir = tmp_path, tmp_path / "nnUNet_raw" / "Dataset500_SyntheticCT"
+    campaign.ledger = quality.common.Ledger(tmp_path / "ledger.json")
+    campaign.env = lambda plans, results=None: {}
+    argvs = []
+    campaign.step = lambda step_id, argv, env, **extra: argvs.append((step_id, argv))
+    (row,) = campaign.rows()
+    assert campaign.train(row.setup, 0, row.stage, row.variant, row.train_args) == \
+        "train/default_it10/seed0/baseline_synthetic/visible"
+    (step_id, argv), = argvs
+    assert argv[-2:] == ["--set", "baseline_synthetic.target=visible"] and "baseline_synthetic" in argv
 
 
 def _summary(path: Path, auroc: float, per_kind: dict) -> str:

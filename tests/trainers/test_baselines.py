@@ -43,11 +43,12 @@ def tiny_plans(plans):
     return dataclasses.replace(plans, config=merge(plans.config, parse_set_overrides(TINY)))
 
 
-@pytest.mark.parametrize("cls, variant, logged", [(AutoencoderTrainer, "l1", "recon/mae"),
-                                                  (SyntheticAnomalyTrainer, "blend", "blend/mae_anomaly"),
-                                                  (DraemTrainer, "draem", "loss/focal")])
-def test_a_few_steps_train_checkpoint_and_load_as_a_scoring_model(plans, nnunet_env, cls, variant, logged):
-    trainer = make_trainer(cls, plans)
+@pytest.mark.parametrize("cls, variant, logged, extra", [
+    (AutoencoderTrainer, "l1", "recon/mae", ()), (SyntheticAnomalyTrainer, "blend", "blend/mae_anomaly", ()),
+    (SyntheticAnomalyTrainer, "visible", "blend/mae_anomaly", ("baseline_synthetic.target=visible",)),
+    (DraemTrainer, "draem", "loss/focal", ())])
+def test_a_few_steps_train_checkpoint_and_load_as_a_scoring_model(plans, nnunet_env, cls, variant, logged, extra):
+    trainer = make_trainer(cls, plans, extra)
     folder = nnunet_env["nnUNet_results"] / f"Dataset{DATASET_ID}_Fake" / f"{cls.stage}__{variant}__{plans.plans_name}"
     assert Path(trainer.output_folder) == folder
     trainer.run_training()
