@@ -48,6 +48,10 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
                            stage_args={"density": ("--set", "density.pool_stride_xyz=3,3,2")}, ssl_of="default"),
     "intensity": ConfigSpec("smoothed intensities (sigma 0 and 6 mm) appended to the descriptor",
                             stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6")}, ssl_of="default"),
+    "intensity_hist8": ConfigSpec("a soft histogram of the intensity in 8 bins appended to the descriptor (pooled: the "
+                                  "cell's intensity mixture)",
+                                  stage_args={"density": ("--set", "density.intensity_histogram_bins=8")},
+                                  ssl_of="default"),
     "intensity_mask_passes2": ConfigSpec(
         "intensity channels (sigma 0 and 6 mm) and the condition read from 2 complementary masked passes",
         stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6",

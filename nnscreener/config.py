@@ -147,6 +147,10 @@ class DensityConfig:
     # beyond the paper: the preprocessed intensity smoothed at these Gaussian stds (mm; 0 = unsmoothed) is appended
     # to the descriptor, times intensity_scale (nnscreener/density/intensity.py); () = off (the paper)
     intensity_sigmas_mm: Tuple[float, ...] = ()
+    # beyond the paper: a soft histogram of the preprocessed intensity in this many bins over [0, 1] (each voxel's
+    # soft bin memberships sum to 1, so the pooled channels are the cell's intensity mixture), times
+    # intensity_scale, appended the same way; 0 = off
+    intensity_histogram_bins: int = 0
     intensity_scale: float = 100.0
     # beyond the paper: the learned condition read from K >= 2 passes with complementary block masks, each voxel's
     # from the pass that masks it (nnscreener/density/conditions.py LearnedCondition); 0 = unmasked (the paper)
@@ -455,6 +459,9 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
             raise ScreenerError(f"{name}={value!r} is not one of {list(allowed)}")
     if not 0 < cfg.inference.step_size <= 1:
         raise ScreenerError(f"inference.step_size must lie in (0, 1], got {cfg.inference.step_size}")
+    if cfg.density.intensity_histogram_bins == 1 or cfg.density.intensity_histogram_bins < 0:
+        raise ScreenerError(f"density.intensity_histogram_bins must be 0 (off) or at least 2, got "
+                            f"{cfg.density.intensity_histogram_bins}")
     _validate_synthetic_anomalies(cfg.baseline_synthetic)
     _validate_draem_anomalies(cfg.baseline_draem)
     return cfg

@@ -43,8 +43,8 @@ class ScreenerModel(nn.Module):
         density: a module with ``nll(y, c) -> (B, 1, z', y', x')`` in nats.
         pool_stride_zyx: average-pooling kernel = stride (z, y, x) in voxels for the descriptor map.
         noise_std: std of the Gaussian noise added to the pooled descriptors and conditions in training mode only.
-        intensity: optional smoothed-intensity channels appended to the descriptor before pooling
-            (:mod:`nnscreener.density.intensity`); y then has D + S channels.
+        intensity: optional intensity channels (smoothed intensities, a soft histogram) appended to the descriptor
+            before pooling (:mod:`nnscreener.density.intensity`); y then has D + S channels.
         score: what :meth:`anomaly_map` returns (:data:`nnscreener.config.SCORES`): ``"nll"`` = -log q(y | c),
             ``"latent"`` = the density's ``latent_energy(y, c)`` (the NLL without its log-volume term). Training
             always minimises the NLL. May be changed after loading (``nnScreener_predict --score``).
@@ -75,7 +75,7 @@ class ScreenerModel(nn.Module):
             origin_zyx: (B, 3) int64 voxel index (z, y, x) of each patch's first voxel in the preprocessed volume.
 
         Returns:
-            y (B, D [+ S intensity scales], z', y', x') and c (B, Dc, z', y', x') or None, float32.
+            y (B, D [+ S intensity channels], z', y', x') and c (B, Dc, z', y', x') or None, float32.
         """
         _check_inputs(x, origin_zyx, self.pool_stride_zyx)
         with torch.no_grad():
@@ -165,9 +165,9 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
     density_cfg = config.density
     condition = condition_option(density_cfg.condition).build(config, condition_network)
     intensity = None
-    if density_cfg.intensity_sigmas_mm:
+    if density_cfg.intensity_sigmas_mm or density_cfg.intensity_histogram_bins:
         intensity = IntensityFeatures(density_cfg.intensity_sigmas_mm, config.preprocessing.spacing_zyx,
-                                      density_cfg.intensity_scale)
+                                      density_cfg.intensity_scale, density_cfg.intensity_histogram_bins)
     dim = network_embedding_dim(descriptor, config) + (intensity.out_channels if intensity is not None else 0)
     density = density_option(density_cfg.density).build(density_cfg, dim, condition.out_channels)
     return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std,

@@ -1,13 +1,19 @@
-"""Smoothed-intensity channels appended to the descriptor: against scipy's Gaussian filter, and in the model."""
+"""Intensity channels appended to the descriptor: smoothed intensities against scipy's Gaussian filter, the soft
+histogram against the formula, and both in the model."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from nnscreener.config import cpu_config, merge
+import math
+
+import pytest
+
+from nnscreener.config import cpu_config, merge, validate
 from nnscreener.density.conditions import average_pool
-from nnscreener.density.intensity import IntensityFeatures
+from nnscreener.density.intensity import IntensityFeatures, soft_histogram
+from nnscreener.errors import ScreenerError
 from nnscreener.model import build_screener_model
 
 
@@ -42,3 +48,43 @@ def test_screener_model_appends_pooled_intensities_to_the_descriptor():
     assert c is None and y.shape == (1, 5, 4, 3, 3)
     torch.testing.assert_close(y[:, 3:4], average_pool(100.0 * x, (1, 2, 2)))  # sigma 0: the image itself
     assert torch.equal(y[:, :3], torch.zeros(1, 3, 4, 3, 3))
+
+
+def test_soft_histogram_matches_the_normalised_gaussian_memberships_voxel_by_voxel():
+    rng = np.random.default_rng(1)
+    image = rng.random((1, 1, 3, 4, 5)).astype(np.float32)
+    bins = 5
+    memberships = soft_histogram(torch.from_numpy(image), bins).numpy()
+    assert memberships.shape == (1, bins, 3, 4, 5)
+    for index in np.ndindex(3, 4, 5):
+        x = float(image[(0, 0, *index)])
+        raw = [math.exp(-0.5 * ((x - k / (bins - 1)) / (0.5 / (bins - 1))) ** 2) for k in range(bins)]
+        np.testing.assert_allclose(memberships[(0, slice(None), *index)], np.array(raw) / sum(raw), rtol=1e-4,
+                                   atol=1e-6)
+        assert int(np.argmax(memberships[(0, slice(None), *index)])) == round(x * (bins - 1))  # nearest centre
+
+
+def test_a_cells_histogram_tells_a_mixture_from_a_uniform_cell_of_the_same_mean():
+    """Lung parenchyma with vessels and a hazy raise of attenuation can share a cell mean; not a histogram."""
+    mixture = torch.tensor([0.1, 0.9] * 9).view(1, 1, 2, 3, 3)
+    uniform = torch.full((1, 1, 2, 3, 3), 0.5)
+    features = IntensityFeatures((0.0,), (1.0, 1.0, 1.0), scale=100.0, histogram_bins=5)
+    pooled = [average_pool(features(x), (2, 3, 3)).flatten() for x in (mixture, uniform)]
+    assert features.out_channels == 1 + 5
+    assert pooled[0][0] == pytest.approx(pooled[1][0])  # the same mean intensity (x 100)
+    torch.testing.assert_close(pooled[0][1:].sum(), torch.tensor(100.0))  # shares of the cell's voxels, in %
+    assert pooled[1][3] > 75 and pooled[0][3] < 1  # the middle bin: most of the uniform cell, none of the mixture
+
+
+def test_screener_model_appends_the_pooled_histogram_and_the_config_refuses_one_bin():
+    config = merge(cpu_config(), {"density": {"condition": "none", "density": "gaussian",
+                                              "intensity_histogram_bins": 4, "pool_stride_xyz": "2,2,1"}})
+    model = build_screener_model(config, _ConstantDescriptor())
+    assert model.density.dim == 3 + 4
+    x = torch.rand(1, 1, 4, 6, 6)
+    y, _ = model.pooled_maps(x, torch.zeros(1, 3, dtype=torch.int64))
+    torch.testing.assert_close(y[:, 3:], average_pool(100.0 * soft_histogram(x, 4), (1, 2, 2)))
+    with pytest.raises(ScreenerError, match="density.intensity_histogram_bins"):
+        validate(merge(cpu_config(), {"density": {"intensity_histogram_bins": 1}}))
+    with pytest.raises(ValueError, match="histogram bins"):
+        IntensityFeatures((), (1.0, 1.0, 1.0), scale=1.0, histogram_bins=0)
