@@ -49,9 +49,11 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "intensity": ConfigSpec("smoothed intensities (sigma 0 and 6 mm) appended to the descriptor",
                             stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6")}, ssl_of="default"),
     "intensity_hist8": ConfigSpec("a soft histogram of the intensity in 8 bins appended to the descriptor (pooled: the "
-                                  "cell's intensity mixture)",
+                                  "cell's intensity mixture); the cpu preset's since 2026-12-06",
                                   stage_args={"density": ("--set", "density.intensity_histogram_bins=8")},
                                   ssl_of="default"),
+    "no_hist": ConfigSpec("the cpu preset before 2026-12-06: no intensity histogram appended to the descriptor",
+                          stage_args={"density": ("--set", "density.intensity_histogram_bins=0")}, ssl_of="default"),
     "intensity_mask_passes2": ConfigSpec(
         "intensity channels (sigma 0 and 6 mm) and the condition read from 2 complementary masked passes",
         stage_args={"density": ("--set", "density.intensity_sigmas_mm=0,6",
@@ -63,6 +65,9 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "desc_layernorm_gauss": ConfigSpec("desc_layernorm's descriptor and condition, Gaussian blending",
                                        stage_args={"density": ("--set", "inference.blending=gaussian")},
                                        ssl_of="desc_layernorm"),
+    "uniform_blend": ConfigSpec("uniform sliding-window blending (the paper's text; nnScreener_predict --blending "
+                                "uniform) on the default models (Gaussian, the authors' code)", models_of="default",
+                                predict_args=("--blending", "uniform")),
     "latent_score": ConfigSpec("score 0.5 ||z||^2 instead of -log q (no log-volume term; nnScreener_predict --score "
                                "latent) on the default models", models_of="default",
                                predict_args=("--score", "latent")),
