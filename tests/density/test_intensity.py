@@ -40,7 +40,8 @@ class _ConstantDescriptor(torch.nn.Module):
 
 def test_screener_model_appends_pooled_intensities_to_the_descriptor():
     config = merge(cpu_config(), {"density": {"condition": "none", "density": "gaussian",
-                                              "intensity_sigmas_mm": "0,6", "pool_stride_xyz": "2,2,1"}})
+                                              "intensity_sigmas_mm": "0,6", "intensity_histogram_bins": 0,
+                                              "pool_stride_xyz": "2,2,1"}})
     model = build_screener_model(config, _ConstantDescriptor())
     assert model.density.dim == 3 + 2
     x = torch.rand(1, 1, 4, 6, 6)

@@ -25,7 +25,8 @@ DATASET_ID = 992
 TINY = ["network.patch_size_xyz=16,16,8", "density.batch_size=2", "density.num_iterations=6",
         "density.warmup_iterations=1", "density.learning_rate=3e-3", "density.log_every=3",
         "density.checkpoint_every=3", "density.flow_blocks=2", "density.flow_hidden=16",
-        "density.gaussian_hidden=8", "density.sincos_dim=12"]
+        "density.gaussian_hidden=8", "density.sincos_dim=12",
+        "density.intensity_histogram_bins=0"]  # the preset's 8 histogram channels: in the dimensions test below
 
 
 @pytest.fixture
@@ -138,10 +139,11 @@ def test_chosen_variants_and_their_dimensions_are_used(plans):
     write_frozen_stage(plans, "descriptor", 1, embedding_dim=16)
     write_frozen_stage(plans, "condition", 2, embedding_dim=16)
     trainer = make_trainer(plans, "masking", "flow", ["density.descriptor_variant=vicreg_d16",
-                                                      "density.condition_variant=vicreg_d16"])
+                                                      "density.condition_variant=vicreg_d16",
+                                                      "density.intensity_histogram_bins=8"])
     trainer.initialize()
     assert trainer.frozen_stage_folder("descriptor").name == f"descriptor__vicreg_d16__{plans.plans_name}"
-    assert trainer.network.density.dim == 16 and trainer.network.density.cond_dim == 16
+    assert trainer.network.density.dim == 16 + 8 and trainer.network.density.cond_dim == 16  # y: d + histogram
     assert trainer.checkpoint_extras() == {"embedding_dims": {"descriptor": 16, "condition": 16},
                                            "masked_input": {"descriptor": False, "condition": False}}
 
