@@ -60,7 +60,7 @@ def test_teacher_map_channel_equals_the_predictors_map(distill_dataset):
     fields = teacher_fields(model, data, plans.configuration_manager.patch_size, 0.5, "uniform", 3, True)
     reference = ScreenerPredictor(model, plans, progress=False, num_processes_preprocessing=0,
                                   num_processes_export=0, blending="uniform").predict_preprocessed(data)
-    assert fields.shape == (1 + 8, 14, 30, 25)  # map + the descriptor's 8 channels
+    assert fields.shape == (1 + 8 + 8, 14, 30, 25)  # map + the descriptor's 8 channels + the cpu preset's histogram
     torch.testing.assert_close(fields[0], reference, rtol=1e-5, atol=1e-5)
     only_map = teacher_fields(model, data, plans.configuration_manager.patch_size, 0.5, "uniform", 3, False)
     torch.testing.assert_close(only_map, fields[:1])
