@@ -13,9 +13,9 @@ Parts (``--parts``): ``grid`` (condition none / sincos / masking x density gauss
 ``floors``
 (``nnscreener.evaluation.floors``), ``scaling`` (masking + flow at ``--scales`` x 1x), ``configs`` (the
 configurations of :data:`CONFIGS` at ``--config_scale`` x 1x), ``baselines`` (the ``--baselines`` rows of
-:data:`BASELINES` at ``--scales`` x 1x, predicted with ``nnScreener_predict --method``). 1x is ``--base_iterations`` (default: the
-demo's); a baseline at a budget gets as many optimizer steps as the three Screener stages together at that budget
-(the CPU minutes each really took are in the tables).
+:data:`BASELINES` at ``--scales`` x 1x, predicted with ``nnScreener_predict --method``). 1x is
+``--base_iterations`` (default: the demo's); a baseline at a budget gets as many optimizer steps as the three
+Screener stages together at that budget (the CPU minutes each really took are in the tables).
 
 Layout of ``--work_dir W``: ``nnUNet_raw`` / ``nnUNet_preprocessed`` (unless ``--reuse_demo``), ``results/<setup>/
 seed<N>/`` (one ``nnUNet_results`` root per setup and seed, e.g. ``default_it180-180-240/seed0``),
