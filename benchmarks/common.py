@@ -35,6 +35,11 @@ def cli_argv(module: str, *args: str) -> List[str]:
     return [sys.executable, "-c", CLI_RUNNER, module, *args]
 
 
+def set_args(overrides: Sequence[str]) -> List[str]:
+    """``--set`` arguments of the CLIs for ``SECTION.FIELD=VALUE`` overrides: ["--set", o1, "--set", o2, ...]."""
+    return [a for item in overrides for a in ("--set", item)]
+
+
 def child_env(threads: int, **variables: Optional[str]) -> Dict[str, str]:
     """This process's environment with ``threads`` math threads, this checkout first on ``PYTHONPATH`` and the
     given variables (e.g. ``nnUNet_results``) set; ``None`` values are left out."""

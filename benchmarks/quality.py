@@ -64,7 +64,7 @@ class Baseline:
     overrides: Tuple[str, ...] = ()
 
     def train_args(self) -> Tuple[str, ...]:
-        return tuple(a for item in self.overrides for a in ("--set", item))
+        return tuple(common.set_args(self.overrides))
 
 
 #: The rows of part ``baselines`` (``--baselines``): every ``baseline_*`` method of the stage registry as
@@ -202,7 +202,7 @@ class Campaign:
         steps = str(iterations[0]) if len(set(iterations)) == 1 else "-".join(map(str, iterations))
         planned = spec.ssl_of or spec.models_of or config  # a configuration sharing models shares their plans
         plans = f"{BASE_PLANS}_{planned}" if CONFIGS[planned].plan_set else BASE_PLANS
-        train_args = (*spec.train_args, *[a for item in self.args.train_set for a in ("--set", item)])
+        train_args = (*spec.train_args, *common.set_args(self.args.train_set))
         return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
                      untrained, scale)
 

@@ -155,7 +155,7 @@ def train_stage(plans, stage: str, args: argparse.Namespace) -> Path:
     from nnscreener.cli.train import main as train_main
 
     argv = [plans.dataset_name, stage, "-p", plans.plans_name, "-device", "cpu", "--num_iterations",
-            str(args.num_iterations), "--overwrite", *[a for item in args.overrides or [] for a in ("--set", item)]]
+            str(args.num_iterations), "--overwrite", *common.set_args(args.overrides or [])]
     if train_main(argv) != 0:
         raise SystemExit(f"training {stage} failed")
     variant = paths.ssl_variant(plans.config.ssl.objective, plans.config.network.embedding_dim)
