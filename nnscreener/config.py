@@ -307,9 +307,18 @@ class ScreenerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScreenerConfig":
-        """Builds a config from a (possibly partial) dict on top of the preset it names."""
-        base = PRESETS[d.get("preset", "default")]()
-        return merge(base, d)
+        """Reads a stored config: a plans' ``"nnscreener"`` block, a checkpoint's ``screener_config``, a
+        ``config.json``.
+
+        A stored config is complete when written, so a field missing from ``d`` was added to nnScreener after ``d``
+        was written. It takes the field's class default, never the current value of the preset ``d`` names: the
+        rule for a new field is that its class default reproduces the behaviour from before it existed, while a
+        preset may choose another value for new plans (the cpu preset's ``density.intensity_histogram_bins=8`` must
+        not give a density checkpoint trained before the histogram 8 more input channels).
+        """
+        if d.get("preset", "default") not in PRESETS:
+            raise ScreenerError(f"unknown preset {d.get('preset')!r} in a stored config; known: {sorted(PRESETS)}")
+        return merge(cls(), d)
 
 
 def default_config() -> ScreenerConfig:

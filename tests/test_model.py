@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,18 @@ def test_bad_inputs_are_rejected():
         model.anomaly_map(torch.rand(1, 1, 1, 6, 5), torch.zeros(1, 3))
 
 
+def _save_density_folder(plans, config, weights, stored_config) -> Path:
+    """Writes dataset 991's density result folder as the trainer does, ``stored_config`` as the checkpoint's."""
+    variant = paths.density_variant(config.density.condition, config.density.density)
+    folder = paths.stage_folder(991, "density", variant, plans.plans_name)
+    folder.mkdir(parents=True)
+    save_checkpoint({"stage": "density", "screener_config": stored_config, "network_weights": weights},
+                    folder / FINAL_CHECKPOINT)
+    (folder / "plans.json").write_text(json.dumps(plans.plans))
+    (folder / "dataset.json").write_text(json.dumps(plans.dataset_json))
+    return folder
+
+
 @pytest.mark.parametrize("condition,density", [("masking", "flow"), ("sincos", "gaussian")])
 def test_density_folder_round_trip(nnunet_env, condition, density):
     """build -> save like the trainer -> load_screener_model gives the same finite maps."""
@@ -131,12 +144,7 @@ def test_density_folder_round_trip(nnunet_env, condition, density):
     model.train()
     model(x, origin)  # first forward: data-dependent ActNorm initialisation, as in training
     expected = model.anomaly_map(x, origin)
-    folder = paths.stage_folder(991, "density", paths.density_variant(condition, density), plans.plans_name)
-    folder.mkdir(parents=True)
-    save_checkpoint({"stage": "density", "screener_config": config.to_dict(), "network_weights": model.state_dict()},
-                    folder / FINAL_CHECKPOINT)
-    (folder / "plans.json").write_text(json.dumps(plans.plans))
-    (folder / "dataset.json").write_text(json.dumps(plans.dataset_json))
+    folder = _save_density_folder(plans, config, model.state_dict(), config.to_dict())
 
     loaded, loaded_config = load_screener_model(folder, "cpu")
     assert loaded_config == config and not loaded.training
@@ -145,6 +153,23 @@ def test_density_folder_round_trip(nnunet_env, condition, density):
         got = loaded.anomaly_map(x, origin)
     assert got.shape == (2, 1, *pooled) and torch.isfinite(got).all()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_checkpoint_from_before_the_histogram_loads_without_it(nnunet_env):
+    """A stored config lacks the fields added after it was written; they take the class default (the behaviour
+    before them), not the current value of the preset it names: a cpu density checkpoint trained before the cpu
+    preset appended 8 histogram channels to y still loads (its flow has d = 32 input channels, not 40)."""
+    plans = make_fake_preprocessed_dataset(nnunet_env, dataset_id=991, n_cases=1, shape_zyx=(8, 16, 16))
+    assert plans.config.preset == "cpu" and plans.config.density.intensity_histogram_bins > 0
+    config = merge(plans.config, {"density": {"intensity_histogram_bins": 0, "flow_blocks": 2, "flow_hidden": 8}})
+    model = build_screener_model(config, build_dense_net(plans, 1), build_dense_net(plans, 2))
+    stored = config.to_dict()
+    del stored["density"]["intensity_histogram_bins"]  # as written before the field existed
+    folder = _save_density_folder(plans, config, model.state_dict(), stored)
+
+    loaded, loaded_config = load_screener_model(folder, "cpu")
+    assert loaded_config.density.intensity_histogram_bins == 0 and loaded_config == config
+    assert loaded.intensity is None
 
 
 def test_load_screener_model_names_what_is_missing(nnunet_env, tmp_path):
