@@ -22,7 +22,9 @@ seed<N>/`` (one ``nnUNet_results`` root per setup and seed, e.g. ``default_it180
 ``predictions/<setup>/seed<N>/<variant>/``, ``summaries/<protocol>/*.json``, ``logs/``, ``ledger.json`` (every
 finished step: timings, fingerprints) and ``campaign.json`` (the rows of the tables and where their figures are).
 Re-running skips finished stages (``checkpoint_final.pth``), predictions and evaluations and resumes interrupted
-training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone.
+training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone. A stage whose
+finished model (its ``config.json``) or whose plans differ from what its row means (today's cpu preset with the
+row's arguments) is refused with the differing fields, so ``default`` never measures an older preset's models.
 
     python benchmarks/quality.py --work_dir bench_quality --reuse_demo nnscreener_demo
     python benchmarks/quality.py --work_dir /tmp/qtiny --n_train 3 --n_test 2 --base_iterations 2 --parts scaling \\
@@ -226,13 +228,46 @@ class Campaign:
         return rows
 
     def resolved_config(self, setup: Setup, stage: str, extra: Sequence[str] = ()):
-        """The config a stage of a setup trains with: preset + planning + training overrides (+ ``extra`` args)."""
+        """The config a stage of a setup is meant to train with: today's preset + the configuration's planning
+        overrides + its training arguments (+ ``extra`` ``nnScreener_train`` arguments)."""
         from nnscreener.cli.train import build_parser, run_overrides
         from nnscreener.config import merge, parse_set_overrides, validate
 
         config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
         args = build_parser().parse_args(["0", stage, *setup.args_of(stage), *extra])
         return validate(merge(config, run_overrides(args)))
+
+    def actual_config(self, setup: Setup, stage: str, folder: Path, extra: Sequence[str]):
+        """The config the stage's model has (its ``config.json``) or, not trained yet, will have: the trainer's
+        merge of the plans' stored config with the same arguments (nnscreener/trainers/run.py)."""
+        from nnscreener.cli.train import build_parser, run_overrides
+        from nnscreener.config import ScreenerConfig, merge, validate
+        from nnscreener.plans import config_from_plans
+
+        if (folder / "config.json").is_file():
+            return ScreenerConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        plans = json.loads((self.pre_root(setup.plans) / self.raw_dir.name / f"{setup.plans}.json").read_text())
+        args = build_parser().parse_args(["0", stage, *setup.args_of(stage), *extra])
+        return validate(merge(config_from_plans(plans), run_overrides(args)))
+
+    def check_config(self, setup: Setup, stage: str, folder: Path, extra: Sequence[str]) -> None:
+        """Refuses a stage whose model is, or would be, trained with other settings than the row means.
+
+        The campaign reuses finished stages, and the trainer reads the plans' stored config; after a preset change
+        (the cpu preset's histogram of 2026-12-06) a row named ``default`` would silently measure models of the
+        old preset. Compared: seed, preprocessing, network and the stage's own section (+ inference for the stages
+        that predict), the sections that shape the stage's model."""
+        sections = ["seed", "preprocessing", "network", stages.get_stage(stage).section]
+        sections += [] if stage in SSL_STAGES else ["inference"]
+        meant = self.resolved_config(setup, stage, extra).to_dict()
+        actual = self.actual_config(setup, stage, folder, extra).to_dict()
+        differences = [f"{key}: {actual_value!r} (meant {meant_value!r})" for section in sections
+                       for key, meant_value, actual_value in flat_differences(section, meant[section], actual[section])]
+        if differences:
+            where = folder if (folder / "config.json").is_file() else f"the plans {setup.plans} of {self.work_dir}"
+            raise SystemExit(f"{setup.name} {stage}: {where} has other settings than today's {BASE_PRESET} preset "
+                             f"with this row's arguments: {'; '.join(differences[:5])}. Use a fresh --work_dir, "
+                             f"or a configuration that sets these fields.")
 
     def baseline_variant(self, setup: Setup, baseline: Baseline) -> str:
         """The result-folder variant a baseline row of a setup trains (its trainer's ``variant_for``)."""
@@ -263,11 +298,13 @@ class Campaign:
         """Trains a stage unless finished; resumes an interrupted one. Returns its ledger step id."""
         step_id = f"train/{setup.name}/seed{seed}/{stage}" + (f"/{variant}" if stage not in SSL_STAGES else "")
         folder = self.stage_dir(setup, seed, stage, variant)
+        run_args = ["--num_iterations", str(setup.iterations_of(stage)), "--set", f"seed={seed}", *extra]
+        self.check_config(setup, stage, folder, run_args)
         if (folder / FINAL_CHECKPOINT).is_file():
             return step_id
         resumed = (folder / LATEST_CHECKPOINT).is_file()
-        argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", "--num_iterations",
-                str(setup.iterations_of(stage)), "--set", f"seed={seed}", *setup.args_of(stage), *extra]
+        argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", *run_args[:4],
+                *setup.args_of(stage), *extra]
         self.step(step_id, common.cli_argv("nnscreener.cli.train", *argv, *(["--c"] if resumed else [])),
                   self.env(setup.plans, self.results_root(setup, seed)), iterations=setup.iterations_of(stage),
                   resumed=resumed)
@@ -412,6 +449,15 @@ class Campaign:
         except common.ChildFailed as e:
             print(f"[failed] {what}: {e}", file=sys.stderr, flush=True)
             return None
+
+
+def flat_differences(prefix: str, meant, actual) -> List[Tuple[str, object, object]]:
+    """``(dotted key, meant, actual)`` for every leaf where two (nested) config dicts differ."""
+    if isinstance(meant, dict) and isinstance(actual, dict):
+        return [d for key in meant for d in flat_differences(f"{prefix}.{key}", meant[key], actual.get(key))]
+    same = meant == actual or (isinstance(meant, (list, tuple)) and isinstance(actual, (list, tuple))
+                               and list(meant) == list(actual))
+    return [] if same else [(prefix, meant, actual)]
 
 
 def evaluate_supports_protocol() -> bool:

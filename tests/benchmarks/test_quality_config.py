@@ -1,0 +1,58 @@
+"""The quality campaign refuses to train or reuse a stage whose settings differ from what its row means (today's
+cpu preset with the row's arguments): after a preset change, plans and finished models of an older preset would
+otherwise be measured under the new preset's name."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nnscreener.config import cpu_config, merge
+from tests.benchmarks.test_quality_smoke import quality
+
+
+def _campaign(work: Path, planned_histogram_bins: int) -> "quality.Campaign":
+    """A campaign over ``work`` whose base plans were made when the cpu preset had ``planned_histogram_bins``."""
+    campaign = quality.Campaign.__new__(quality.Campaign)  # no dataset needed: plans and folders are written here
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(work), "--base_iterations", "10"])
+    campaign.work_dir, campaign.raw_dir = work, work / "nnUNet_raw" / "Dataset500_SyntheticCT"
+    campaign.base_pre_root = campaign.own_pre_root = work / "nnUNet_preprocessed"
+    stored = merge(cpu_config(), {"density": {"intensity_histogram_bins": planned_histogram_bins}}).to_dict()
+    plans = campaign.pre_root(quality.BASE_PLANS) / campaign.raw_dir.name / f"{quality.BASE_PLANS}.json"
+    plans.parent.mkdir(parents=True)
+    plans.write_text(json.dumps({"nnscreener": stored}))
+    return campaign
+
+
+DENSITY_ARGS = ["--num_iterations", "10", "--set", "seed=0", "--condition", "masking", "--density", "flow"]
+
+
+def test_plans_of_an_older_preset_are_refused_for_the_stages_they_would_change(tmp_path):
+    assert cpu_config().density.intensity_histogram_bins == 8  # the preset change this guards against
+    campaign = _campaign(tmp_path, planned_histogram_bins=0)
+    default = campaign.setup("default", 1)
+    folder = campaign.stage_dir(default, 0, "density", "masking_flow")
+    with pytest.raises(SystemExit, match=r"density.intensity_histogram_bins: 0 \(meant 8\).*fresh --work_dir"):
+        campaign.check_config(default, "density", folder, DENSITY_ARGS)
+    # the descriptor does not read the density section; a configuration that sets the field gets what it means
+    campaign.check_config(default, "descriptor", campaign.stage_dir(default, 0, "descriptor", "vicreg_d32"),
+                          ["--num_iterations", "10", "--set", "seed=0"])
+    hist8 = campaign.setup("intensity_hist8", 1)
+    campaign.check_config(hist8, "density", campaign.stage_dir(hist8, 0, "density", "masking_flow"), DENSITY_ARGS)
+
+
+def test_a_finished_model_of_other_settings_is_refused_by_its_folder(tmp_path):
+    campaign = _campaign(tmp_path, planned_histogram_bins=8)
+    default = campaign.setup("default", 1)
+    folder = campaign.stage_dir(default, 0, "density", "masking_flow")
+    campaign.check_config(default, "density", folder, DENSITY_ARGS)  # plans as today's preset: nothing to refuse
+    trained = merge(cpu_config(), {"seed": 0, "density": {"num_iterations": 10, "intensity_histogram_bins": 0}})
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(trained.to_json())
+    with pytest.raises(SystemExit, match=f"{folder}.*intensity_histogram_bins: 0 \\(meant 8\\)"):
+        campaign.check_config(default, "density", folder, DENSITY_ARGS)
+    (folder / "config.json").write_text(merge(trained, {"density": {"intensity_histogram_bins": 8}}).to_json())
+    campaign.check_config(default, "density", folder, DENSITY_ARGS)
+    with pytest.raises(SystemExit, match=r"seed: 0 \(meant 1\)"):  # another seed's model is not this seed's
+        campaign.check_config(default, "density", folder, [*DENSITY_ARGS, "--set", "seed=1"])
