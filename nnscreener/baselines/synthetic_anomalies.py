@@ -30,6 +30,7 @@ Arrays are (Z, Y, X), intensities the preprocessed [0, 1].
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -100,6 +101,24 @@ def intensity_source(image: np.ndarray, cfg, rng: np.random.Generator) -> np.nda
     return np.clip(mean + gain * (image - mean) + shift, 0.0, 1.0).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _cubic_zoom_matrix(n_in: int, zoom_factor: float) -> np.ndarray:
+    """(n_out, n_in) float64: scipy's order-3 spline zoom of a length-``n_in`` signal as a matrix (zoom is
+    linear, so its columns are the zooms of the unit vectors)."""
+    return np.stack([zoom(unit, zoom_factor, order=3) for unit in np.eye(n_in)], axis=1)
+
+
+def cubic_upsample(coarse: np.ndarray, zoom_factors: Sequence[float]) -> np.ndarray:
+    """``scipy.ndimage.zoom(coarse, zoom_factors, order=3)``, computed axis by axis: the spline zoom is separable
+    (prefilter, weights and boundary extension are per axis), so three small matrix products give the same array
+    (to ~1e-14) as the 3D zoom at ~1/100 of its cost for a 4^3 grid upsampled to a training patch."""
+    out = np.asarray(coarse, dtype=np.float64)
+    for axis, factor in enumerate(zoom_factors):
+        matrix = _cubic_zoom_matrix(out.shape[axis], float(factor))
+        out = np.moveaxis(np.tensordot(matrix, out, axes=([1], [axis])), 0, axis)
+    return out
+
+
 def deformation_source(image: np.ndarray, spacing_zyx_mm: Sequence[float], cfg: SyntheticAnomalyConfig,
                        rng: np.random.Generator) -> np.ndarray:
     """The patch warped by a smooth random displacement: per axis a coarse normal grid, cubic-upsampled, scaled to a
@@ -109,7 +128,7 @@ def deformation_source(image: np.ndarray, spacing_zyx_mm: Sequence[float], cfg: 
     coords = list(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
     for axis, spacing in enumerate(spacing_zyx_mm):
         coarse = rng.standard_normal((_CONTROL_POINTS,) * 3)
-        field = zoom(coarse, [s / _CONTROL_POINTS for s in shape], order=3)[tuple(slice(0, s) for s in shape)]
+        field = cubic_upsample(coarse, [s / _CONTROL_POINTS for s in shape])[tuple(slice(0, s) for s in shape)]
         field = field / max(float(np.abs(field).max()), 1e-6) * peak_mm / float(spacing)
         coords[axis] = coords[axis] + field.astype(np.float32)
     return map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
@@ -174,7 +193,7 @@ def smooth_noise(shape_zyx: Sequence[int], cell_voxels_zyx: Sequence[float], rng
     """(Z, Y, X) float32 smooth random noise with mean 0 and std 1: a normal grid with one node per cell (cell edge
     ``cell_voxels_zyx``), cubic-upsampled to the shape."""
     nodes = [max(2, int(np.ceil(s / max(c, 1.0))) + 1) for s, c in zip(shape_zyx, cell_voxels_zyx)]
-    field = zoom(rng.standard_normal(nodes), [s / n for s, n in zip(shape_zyx, nodes)], order=3)
+    field = cubic_upsample(rng.standard_normal(nodes), [s / n for s, n in zip(shape_zyx, nodes)])
     field = field[tuple(slice(0, s) for s in shape_zyx)]
     return ((field - field.mean()) / max(float(field.std()), 1e-6)).astype(np.float32)
 

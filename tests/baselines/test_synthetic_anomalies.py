@@ -6,8 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nnscreener.baselines.synthetic_anomalies import (KINDS, blend, deformation_source, make_synthetic_anomaly,
-                                                      random_region, visible_target)
+from scipy.ndimage import zoom
+
+from nnscreener.baselines.synthetic_anomalies import (KINDS, blend, cubic_upsample, deformation_source,
+                                                      make_synthetic_anomaly, random_region, visible_target)
 from nnscreener.config import get_preset
 
 SHAPE = (12, 20, 16)
@@ -72,6 +74,16 @@ def test_region_size_follows_the_radius_in_mm():
     extents = np.array(extents)  # (trials, 3) voxels spanned per axis (z, y, x)
     assert (extents <= [6, 11, 11]).all()  # 5 mm half-axes: at most 2.5 z voxels, 5 y / x voxels each side
     assert (extents.max(axis=0) >= [4, 9, 9]).all()  # and not much less where the patch does not clip
+
+
+@pytest.mark.parametrize("nodes,shape", [((4, 4, 4), (32, 48, 48)), ((3, 6, 2), (17, 33, 20)), ((5, 9, 7), SHAPE)])
+def test_cubic_upsample_is_scipys_3d_spline_zoom(nodes, shape):
+    coarse = np.random.default_rng(0).standard_normal(nodes)
+    factors = [s / n for s, n in zip(shape, nodes)]
+    expected = zoom(coarse, factors, order=3)  # the slow, obvious reference
+    got = cubic_upsample(coarse, factors)
+    assert got.shape == expected.shape == shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
 def test_blend_formula_and_deformation_peak():
