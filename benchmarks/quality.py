@@ -24,7 +24,8 @@ finished step: timings, fingerprints) and ``campaign.json`` (the rows of the tab
 Re-running skips finished stages (``checkpoint_final.pth``), predictions and evaluations and resumes interrupted
 training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone. A stage whose
 finished model (its ``config.json``) or whose plans differ from what its row means (today's cpu preset with the
-row's arguments) is refused with the differing fields, so ``default`` never measures an older preset's models.
+row's arguments) is refused with the differing fields (the row fails, the others run), so ``default`` never
+measures an older preset's models.
 
     python benchmarks/quality.py --work_dir bench_quality --reuse_demo nnscreener_demo
     python benchmarks/quality.py --work_dir /tmp/qtiny --n_train 3 --n_test 2 --base_iterations 2 --parts scaling \\
@@ -76,6 +77,10 @@ BASELINES: Dict[str, Baseline] = {
     "baseline_synthetic_visible": Baseline("baseline_synthetic", ("baseline_synthetic.target=visible",)),
 }
 FLOORS = ("intensity", "random")
+
+
+class SettingsDiffer(Exception):
+    """A stage's finished model or plans have other settings than its row means; the row is skipped."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,8 @@ class Campaign:
         return validate(merge(config_from_plans(plans), run_overrides(args)))
 
     def check_config(self, setup: Setup, stage: str, folder: Path, extra: Sequence[str]) -> None:
-        """Refuses a stage whose model is, or would be, trained with other settings than the row means.
+        """Refuses (:class:`SettingsDiffer`) a stage whose model is, or would be, trained with other settings than
+        the row means.
 
         The campaign reuses finished stages, and the trainer reads the plans' stored config; after a preset change
         (the cpu preset's histogram of 2026-12-06) a row named ``default`` would silently measure models of the
@@ -265,9 +271,9 @@ class Campaign:
                        for key, meant_value, actual_value in flat_differences(section, meant[section], actual[section])]
         if differences:
             where = folder if (folder / "config.json").is_file() else f"the plans {setup.plans} of {self.work_dir}"
-            raise SystemExit(f"{setup.name} {stage}: {where} has other settings than today's {BASE_PRESET} preset "
-                             f"with this row's arguments: {'; '.join(differences[:5])}. Use a fresh --work_dir, "
-                             f"or a configuration that sets these fields.")
+            raise SettingsDiffer(f"{setup.name} {stage}: {where} has other settings than today's {BASE_PRESET} "
+                                 f"preset with this row's arguments: {'; '.join(differences[:5])}. Use a fresh "
+                                 f"--work_dir, or a configuration that sets these fields.")
 
     def baseline_variant(self, setup: Setup, baseline: Baseline) -> str:
         """The result-folder variant a baseline row of a setup trains (its trainer's ``variant_for``)."""
@@ -442,11 +448,13 @@ class Campaign:
                     "0": self.attempt(lambda: self.run_floor(kind), f"{kind} floor")}})
         save({"rows": table_rows, "failed": self.failed})
 
-    @staticmethod
-    def attempt(action, what: str) -> Optional[Dict[str, object]]:
+    def attempt(self, action, what: str) -> Optional[Dict[str, object]]:
+        """``action()``, or None when a child failed (recorded by :meth:`step`) or settings differ (recorded here)."""
         try:
             return action()
-        except common.ChildFailed as e:
+        except (common.ChildFailed, SettingsDiffer) as e:
+            if isinstance(e, SettingsDiffer):
+                self.failed[f"settings/{what}"] = str(e)
             print(f"[failed] {what}: {e}", file=sys.stderr, flush=True)
             return None
 

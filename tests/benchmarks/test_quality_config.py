@@ -33,7 +33,7 @@ def test_plans_of_an_older_preset_are_refused_for_the_stages_they_would_change(t
     campaign = _campaign(tmp_path, planned_histogram_bins=0)
     default = campaign.setup("default", 1)
     folder = campaign.stage_dir(default, 0, "density", "masking_flow")
-    with pytest.raises(SystemExit, match=r"density.intensity_histogram_bins: 0 \(meant 8\).*fresh --work_dir"):
+    with pytest.raises(quality.SettingsDiffer, match=r"density.intensity_histogram_bins: 0 \(meant 8\).*fresh --work_dir"):
         campaign.check_config(default, "density", folder, DENSITY_ARGS)
     # the descriptor does not read the density section; a configuration that sets the field gets what it means
     campaign.check_config(default, "descriptor", campaign.stage_dir(default, 0, "descriptor", "vicreg_d32"),
@@ -50,9 +50,20 @@ def test_a_finished_model_of_other_settings_is_refused_by_its_folder(tmp_path):
     trained = merge(cpu_config(), {"seed": 0, "density": {"num_iterations": 10, "intensity_histogram_bins": 0}})
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(trained.to_json())
-    with pytest.raises(SystemExit, match=f"{folder}.*intensity_histogram_bins: 0 \\(meant 8\\)"):
+    with pytest.raises(quality.SettingsDiffer, match=f"{folder}.*intensity_histogram_bins: 0 \\(meant 8\\)"):
         campaign.check_config(default, "density", folder, DENSITY_ARGS)
     (folder / "config.json").write_text(merge(trained, {"density": {"intensity_histogram_bins": 8}}).to_json())
     campaign.check_config(default, "density", folder, DENSITY_ARGS)
-    with pytest.raises(SystemExit, match=r"seed: 0 \(meant 1\)"):  # another seed's model is not this seed's
+    with pytest.raises(quality.SettingsDiffer, match=r"seed: 0 \(meant 1\)"):  # another seed's model is not this seed's
         campaign.check_config(default, "density", folder, [*DENSITY_ARGS, "--set", "seed=1"])
+
+
+def test_a_row_with_other_settings_fails_alone_and_is_reported(tmp_path):
+    campaign = _campaign(tmp_path, planned_histogram_bins=0)
+    campaign.failed = {}
+    default = campaign.setup("default", 1)
+    folder = campaign.stage_dir(default, 0, "density", "masking_flow")
+    assert campaign.attempt(lambda: campaign.check_config(default, "density", folder, DENSITY_ARGS), "1x, seed 0") \
+        is None
+    assert list(campaign.failed) == ["settings/1x, seed 0"] and "intensity_histogram_bins" in campaign.failed[
+        "settings/1x, seed 0"]
