@@ -210,11 +210,10 @@ def run(args: argparse.Namespace, staging: Path) -> int:
 
     predictor = build_predictor(args)
     settings = findings_settings_from_args(args, predictor)
-    inputs = collect_inputs(args.i, staging)
+    inputs = collect_inputs(args.i, staging, args.num_parts, args.part_id)  # this part's cases only
     for message in inputs.skipped:
         print(f"{PROG}: {message}", file=sys.stderr)
-    summary = predictor.predict_from_files(inputs.cases, args.o, overwrite=args.overwrite, num_parts=args.num_parts,
-                                           part_id=args.part_id, save_png=args.save_png)
+    summary = predictor.predict_from_files(inputs.cases, args.o, overwrite=args.overwrite, save_png=args.save_png)
     outputs_failed = {}
     if inputs.series:
         write_series_index(Path(args.o), inputs.series)

@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple, Union
 import SimpleITK as sitk
 
 from nnscreener.errors import ScreenerError
-from nnscreener.inference.input_files import InputCase, discover_cases, image_ending
+from nnscreener.inference.input_files import InputCase, discover_cases, image_ending, select_part
 from nnscreener.io.dicom import DicomSeries, check_ct_series, read_dicom_series, scan_dicom_folder
 from nnscreener.io.images import to_int16_hu
 
@@ -42,8 +42,8 @@ class CollectedInputs:
     """The cases of an input path.
 
     Attributes:
-        cases: image-file cases and DICOM series (as staged NIfTI files), sorted by case id.
-        series: case key -> the checked DICOM series it came from.
+        cases: the part's image-file cases and DICOM series (as staged NIfTI files), sorted by case id.
+        series: case key -> the checked DICOM series it came from, for every part.
         skipped: one message per DICOM series that is not predicted.
     """
 
@@ -79,33 +79,37 @@ def stage_series(series: DicomSeries, staging: Path) -> InputCase:
     return InputCase(key, (str(path),))
 
 
-def collect_inputs(input_path: Union[str, Path], staging: Path) -> CollectedInputs:
+def collect_inputs(input_path: Union[str, Path], staging: Path, num_parts: int = 1,
+                   part_id: int = 0) -> CollectedInputs:
     """The cases of an input file or folder: image files as :func:`discover_cases` finds them, plus the CT series
-    of the DICOM files in the folder and below, staged as NIfTI in ``staging``.
+    of the DICOM files in the folder and below; of these the part ``part_id`` of ``num_parts``
+    (:func:`select_part` over all case ids, nnU-Net's ``-num_parts`` / ``-part_id``), whose DICOM series alone are
+    read and staged as NIfTI in ``staging`` (the other parts' processes stage theirs).
 
     Raises:
-        ScreenerError: the path does not exist, holds neither images nor a usable CT series, or two cases share
-            an id.
+        ScreenerError: the path does not exist, holds neither images nor a usable CT series, two cases share an
+            id, or the part is out of range.
     """
     input_path = Path(input_path)
     if not input_path.exists():
         raise ScreenerError(f"input folder {input_path} does not exist")
     if input_path.is_file() or not _has_dicom_candidates(input_path):
-        return CollectedInputs(discover_cases(input_path), {}, [])
+        return CollectedInputs(select_part(discover_cases(input_path), num_parts, part_id), {}, [])
     try:
         cases = discover_cases(input_path)
     except ScreenerError:
         cases = []  # no image files directly in the folder: DICOM only
     series, skipped = _dicom_series(input_path)
-    staged = {series_key(s.uid): s for s in series}
-    cases += [stage_series(s, staging) for s in series]
-    ids = [c.case_id for c in cases]
+    keyed = {series_key(s.uid): s for s in series}
+    ids = sorted([c.case_id for c in cases] + list(keyed))
     if len(set(ids)) != len(ids):
         raise ScreenerError(f"two inputs in {input_path} have the same case id; rename the image files")
-    if not cases:
+    if not ids:
         raise ScreenerError(f"input folder {input_path} holds no images and no usable DICOM CT series"
                             + (f" ({'; '.join(skipped[:3])})" if skipped else ""))
-    return CollectedInputs(sorted(cases), staged, skipped)
+    part = set(select_part(ids, num_parts, part_id))
+    cases = [c for c in cases if c.case_id in part] + [stage_series(s, staging) for k, s in keyed.items() if k in part]
+    return CollectedInputs(sorted(cases), keyed, skipped)
 
 
 def write_series_index(out_dir: Path, series: Dict[str, DicomSeries]) -> Path:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from nnscreener.errors import ScreenerError
 from nnscreener.io.images import IMAGE_ENDINGS
 
 OUTPUT_ENDING = ".nii.gz"
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+T = TypeVar("T")
 
 
 class InputCase(NamedTuple):
@@ -78,8 +79,9 @@ def discover_cases(input_path: Union[str, Path]) -> List[InputCase]:
             for case_id, by_channel in sorted(channels.items())]
 
 
-def select_part(cases: Sequence[InputCase], num_parts: int, part_id: int) -> List[InputCase]:
-    """Every ``num_parts``-th case starting at ``part_id`` (nnU-Net's ``-num_parts`` / ``-part_id`` split).
+def select_part(cases: Sequence[T], num_parts: int, part_id: int) -> List[T]:
+    """Every ``num_parts``-th case (an :class:`InputCase` or a case id; sorted by case id) starting at ``part_id``
+    (nnU-Net's ``-num_parts`` / ``-part_id`` split).
 
     The parts of ``part_id = 0 .. num_parts - 1`` are disjoint and together hold every case.
     """

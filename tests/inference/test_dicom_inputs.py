@@ -41,6 +41,26 @@ def test_series_are_staged_in_slice_order_and_bad_ones_skipped_with_their_key(tm
     assert good in index.read_text() and str(inputs) not in index.read_text()
 
 
+def test_each_part_stages_only_its_own_series_and_parts_cover_every_case(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image(inputs / "plain.nii.gz")
+    uids = [f"1.2.826.0.1.{k}" for k in range(1, 4)]
+    for k, uid in enumerate(uids):
+        write_dicom_series(inputs / f"s{k}", stored_pixels(3, seed=k), [0.0, 2.0, 4.0], series_uid=uid)
+    every = sorted([series_key(u) for u in uids] + ["plain"])
+    parts = [collect_inputs(inputs, tmp_path / f"staging{p}", 3, p) for p in range(3)]
+    assert [[c.case_id for c in part.cases] for part in parts] == [every[p::3] for p in range(3)]
+    for p, part in enumerate(parts):
+        staged = sorted(f.name for f in (tmp_path / f"staging{p}").glob("*.nii.gz")) if (
+            tmp_path / f"staging{p}").exists() else []
+        assert staged == [f"{c.case_id}_0000.nii.gz" for c in part.cases if c.case_id != "plain"]
+        assert sorted(part.series) == sorted(series_key(u) for u in uids)  # the index names every part's series
+    with pytest.raises(ScreenerError, match="-part_id"):
+        collect_inputs(inputs, tmp_path / "staging_bad", 3, 3)
+    assert not (tmp_path / "staging_bad").exists()  # refused before reading any series
+
+
 def test_a_folder_with_only_unusable_series_is_one_error(tmp_path):
     write_dicom_series(tmp_path / "in" / "mr", stored_pixels(4, seed=1), [0.0, 1.0, 2.0, 3.0], modality="MR")
     with pytest.raises(ScreenerError, match="no images and no usable DICOM CT series.*not CT"):
