@@ -28,7 +28,8 @@ for ``--c``. What differs, and is overridden here:
 Hooks a stage implements (each raises ``NotImplementedError`` here):
 :meth:`variant_for` (classmethod), :meth:`build_network`, :meth:`build_loader`, :meth:`compute_loss`; and the
 class attributes ``stage`` and ``config_section``. Optional: :meth:`build_extra_modules`,
-:meth:`checkpoint_extras`, :meth:`trainable_parameters`.
+:meth:`checkpoint_extras`, :meth:`trainable_parameters`, and before the trainer exists (classmethods that
+:func:`nnscreener.trainers.run.train_stage` calls) :meth:`stage_plans` and :meth:`prepare_data`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import contextlib
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from time import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -49,9 +51,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnscreener import checkpoints, paths, stages
 from nnscreener.checkpoints import LATEST_CHECKPOINT
-from nnscreener.config import ScreenerConfig
+from nnscreener.config import ScreenerConfig, merge, validate
 from nnscreener.errors import ScreenerError
-from nnscreener.plans import ScreenerPlans, config_from_plans
+from nnscreener.plans import ScreenerPlans, config_from_plans, load_plans
 from nnscreener.trainers.folders import (remove_nnunet_folder, remove_stage_folder_without_checkpoint,
                                          require_preprocessed_data)
 from nnscreener.trainers.progress import plot_progress, progress_line
@@ -82,6 +84,18 @@ class ScreenerTrainerBase(nnUNetTrainer):
     def variant_for(cls, config: ScreenerConfig) -> str:
         """The result folder's variant for this config, e.g. ``vicreg_d32`` or ``masking_flow``."""
         raise NotImplementedError(f"{cls.__name__} must implement variant_for")
+
+    @classmethod
+    def stage_plans(cls, dataset: str, plans_name: str, overrides: Mapping[str, Any]) -> ScreenerPlans:
+        """The plans the stage trains on, with the run's resolved config: the dataset's nnScreener plans + the
+        run's overrides (the distill stage: nnU-Net plans with the teacher's config)."""
+        plans = load_plans(dataset, plans_name)
+        return replace(plans, config=validate(merge(plans.config, overrides)))
+
+    @classmethod
+    def prepare_data(cls, plans: ScreenerPlans, device: str) -> None:
+        """Work in the main process before training starts (the distill stage preprocesses and caches its targets
+        here); nothing by default."""
 
     def build_network(self) -> nn.Module:
         """The module saved as ``network_weights`` (on CPU; the base moves it to the device and wraps DDP)."""

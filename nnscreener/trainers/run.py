@@ -7,7 +7,6 @@ always ``all``, and the run's options are merged into the plans' ``"nnscreener"`
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 import multiprocessing
 import os
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any, Dict, Mapping, Optional, Type
 import torch
 
 from nnscreener import paths, stages
-from nnscreener.config import ScreenerConfig, merge, validate
+from nnscreener.config import ScreenerConfig
 from nnscreener.errors import ScreenerError
-from nnscreener.plans import ScreenerPlans, load_plans
+from nnscreener.plans import ScreenerPlans
 
 FOLD = "all"
 
@@ -116,16 +115,6 @@ def _spawn_ddp(cls: Type, plans_dict: Dict[str, Any], dataset_json: Dict[str, An
         raise
 
 
-def stage_plans(cls: Type, dataset: str, plans_name: str, overrides: Mapping[str, Any]) -> ScreenerPlans:
-    """The plans a stage trains on, with the run's resolved config: the trainer's own ``stage_plans`` when it has one
-    (the distill stage: nnU-Net plans with the teacher's config), else the dataset's nnScreener plans + overrides."""
-    custom = getattr(cls, "stage_plans", None)
-    if custom is not None:
-        return custom(dataset, plans_name, overrides)
-    plans = load_plans(dataset, plans_name)
-    return replace(plans, config=validate(merge(plans.config, overrides)))
-
-
 def train_stage(dataset: str, stage: str, plans_name: str = paths.DEFAULT_PLANS,
                 overrides: Optional[Mapping[str, Any]] = None, device: Optional[str] = None, num_gpus: int = 1,
                 continue_training: bool = False, overwrite: bool = False) -> Path:
@@ -148,13 +137,11 @@ def train_stage(dataset: str, stage: str, plans_name: str = paths.DEFAULT_PLANS,
     device = resolve_training_device(device, num_gpus)
     reject_planned_fields(overrides or {})
     cls = stages.trainer_class(stage)
-    plans = stage_plans(cls, dataset, plans_name, overrides or {})
+    plans = cls.stage_plans(dataset, plans_name, overrides or {})
     config = plans.config
     folder = paths.stage_folder(plans.dataset_name, stage, cls.variant_for(config), plans.plans_name)
     prepare_stage_folder(folder, continue_training, overwrite)
-    prepare = getattr(cls, "prepare_data", None)  # the distill stage preprocesses and computes its targets here
-    if prepare is not None:
-        prepare(plans, device)
+    cls.prepare_data(plans, device)
     plans_dict = resolved_plans_dict(plans, config, continue_training)
     if num_gpus > 1:
         _spawn_ddp(cls, plans_dict, plans.dataset_json, continue_training, num_gpus)
