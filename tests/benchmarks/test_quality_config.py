@@ -33,7 +33,8 @@ def test_plans_of_an_older_preset_are_refused_for_the_stages_they_would_change(t
     campaign = _campaign(tmp_path, planned_histogram_bins=0)
     default = campaign.setup("default", 1)
     folder = campaign.stage_dir(default, 0, "density", "masking_flow")
-    with pytest.raises(quality.SettingsDiffer, match=r"density.intensity_histogram_bins: 0 \(meant 8\).*fresh --work_dir"):
+    with pytest.raises(quality.SettingsDiffer,
+                       match=r"density.intensity_histogram_bins: 0 \(meant 8\).*fresh --work_dir"):
         campaign.check_config(default, "density", folder, DENSITY_ARGS)
     # the descriptor does not read the density section; a configuration that sets the field gets what it means
     campaign.check_config(default, "descriptor", campaign.stage_dir(default, 0, "descriptor", "vicreg_d32"),
