@@ -3,6 +3,8 @@ a parametric map) -> read back with highdicom / pydicom: both lie on the source 
 the map; no patient name or ID of the source reaches a log, a table, a report or a file name."""
 import gzip
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import highdicom as hd
@@ -58,15 +60,53 @@ def _run(capsys, *argv):
     return code, captured.out, captured.err
 
 
+def _nifti_header(data: bytes) -> bytes:
+    """The header and extensions of an uncompressed NIfTI-1 file: the bytes before its voxels (vox_offset)."""
+    endian = "<" if struct.unpack("<i", data[:4])[0] == 348 else ">"
+    return data[:int(struct.unpack(endian + "f", data[108:112])[0])]
+
+
+def _png_text(data: bytes) -> bytes:
+    """The text chunks (tEXt, iTXt, zTXt decompressed) of a PNG, not its compressed pixels."""
+    texts, at = [], 8  # after the signature: chunks of length (4 bytes), type (4), data, CRC (4)
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I", data[at:at + 4])[0], data[at + 4:at + 8]
+        body = data[at + 8:at + 8 + length]
+        if kind in (b"tEXt", b"iTXt"):
+            texts.append(body)
+        elif kind == b"zTXt":
+            keyword, _, compressed = body.partition(b"\0")
+            texts.append(keyword + zlib.decompress(compressed[1:]))
+        at += 12 + length
+    return b"\n".join(texts)
+
+
 def _written_text(folder: Path) -> str:
-    """Every file name under ``folder`` and the text of every non-DICOM file (NIfTI headers decompressed)."""
+    """Every file name under ``folder`` and the text of every non-DICOM file: NIfTI headers (decompressed) and PNG
+    text chunks, not voxel or pixel data (float voxels or compressed pixels spell any 3 letters by chance)."""
     parts = []
     for path in folder.rglob("*"):
         parts.append(path.name)
         if path.is_file() and path.suffix != ".dcm":
             data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+            if path.name.endswith((".nii", ".nii.gz")):
+                data = _nifti_header(data)
+            elif path.suffix == ".png":
+                data = _png_text(data)
             parts.append(data.decode("latin-1"))
     return "\n".join(parts)
+
+
+def test_written_text_reads_nifti_headers_and_png_text_not_voxels_or_pixels(tmp_path):
+    voxels = np.frombuffer(b"Doe!" * 16, dtype=np.float32).reshape(4, 4, 1)  # voxel bytes that spell the name
+    image = sitk.GetImageFromArray(voxels)
+    image.SetMetaData("ITK_FileNotes", "Jane")  # the NIfTI header's descrip field
+    sitk.WriteImage(image, str(tmp_path / "map.nii.gz"))
+    from matplotlib.figure import Figure
+
+    Figure().savefig(tmp_path / "report.png", metadata={"Title": "Smith"})
+    written = _written_text(tmp_path)
+    assert "Jane" in written and "Smith" in written and "Doe" not in written
 
 
 def test_dicom_series_to_findings_and_a_dicom_seg_on_the_source_slices(plans, tmp_path, capsys):  # noqa: F811
