@@ -28,8 +28,8 @@ for ``--c``. What differs, and is overridden here:
 Hooks a stage implements (each raises ``NotImplementedError`` here):
 :meth:`variant_for` (classmethod), :meth:`build_network`, :meth:`build_loader`, :meth:`compute_loss`; and the
 class attributes ``stage`` and ``config_section``. Optional: :meth:`build_extra_modules`,
-:meth:`checkpoint_extras`, :meth:`trainable_parameters`, and before the trainer exists (classmethods that
-:func:`nnscreener.trainers.run.train_stage` calls) :meth:`stage_plans` and :meth:`prepare_data`.
+:meth:`checkpoint_extras`, :meth:`trainable_parameters`, and before the trainer exists (:class:`StageSetup`)
+:meth:`stage_plans` and :meth:`prepare_data`.
 """
 from __future__ import annotations
 
@@ -69,17 +69,10 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
 
 
-class ScreenerTrainerBase(nnUNetTrainer):
-    """Base of the Screener stage trainers; see the module docstring for what it changes in nnUNetTrainer.
+class StageSetup:
+    """What :func:`nnscreener.trainers.run.train_stage` asks a stage before its trainer exists (classmethods): the
+    result folder's variant, the plans it trains on, and data to prepare in the main process."""
 
-    Construct it like any nnU-Net trainer: ``Trainer(plans, "3d_fullres", "all", dataset_json, device)``, where
-    ``plans`` is the plans dict whose ``"nnscreener"`` block holds the resolved config.
-    """
-
-    stage: str = ""  # "descriptor" | "condition" | "density": the first part of the result folder's name
-    config_section: str = ""  # "ssl" | "density": the config section holding the Schedule fields
-
-    # ------------------------------------------------------------------ hooks for the stages
     @classmethod
     def variant_for(cls, config: ScreenerConfig) -> str:
         """The result folder's variant for this config, e.g. ``vicreg_d32`` or ``masking_flow``."""
@@ -97,6 +90,18 @@ class ScreenerTrainerBase(nnUNetTrainer):
         """Work in the main process before training starts (the distill stage preprocesses and caches its targets
         here); nothing by default."""
 
+
+class ScreenerTrainerBase(StageSetup, nnUNetTrainer):
+    """Base of the Screener stage trainers; see the module docstring for what it changes in nnUNetTrainer.
+
+    Construct it like any nnU-Net trainer: ``Trainer(plans, "3d_fullres", "all", dataset_json, device)``, where
+    ``plans`` is the plans dict whose ``"nnscreener"`` block holds the resolved config.
+    """
+
+    stage: str = ""  # "descriptor" | "condition" | "density": the first part of the result folder's name
+    config_section: str = ""  # "ssl" | "density": the config section holding the Schedule fields
+
+    # ------------------------------------------------------------------ hooks for the stages
     def build_network(self) -> nn.Module:
         """The module saved as ``network_weights`` (on CPU; the base moves it to the device and wraps DDP)."""
         raise NotImplementedError(f"{type(self).__name__} must implement build_network")
