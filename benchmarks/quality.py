@@ -232,28 +232,37 @@ class Campaign:
                          self.baseline_variant(setup, b), b.train_args()) for name, b in chosen for setup in setups]
         return rows
 
+    def plans_file(self, setup: Setup) -> Path:
+        return self.pre_root(setup.plans) / self.raw_dir.name / f"{setup.plans}.json"
+
+    @staticmethod
+    def with_run_arguments(config, setup: Setup, stage: str, extra: Sequence[str]):
+        """``config`` with a stage's ``nnScreener_train`` arguments (the setup's, then ``extra``) merged in, as
+        ``nnScreener_train`` merges them."""
+        from nnscreener.cli.train import build_parser, run_overrides
+        from nnscreener.config import merge, validate
+
+        args = build_parser().parse_args(["0", stage, *setup.args_of(stage), *extra])
+        return validate(merge(config, run_overrides(args)))
+
     def resolved_config(self, setup: Setup, stage: str, extra: Sequence[str] = ()):
         """The config a stage of a setup is meant to train with: today's preset + the configuration's planning
         overrides + its training arguments (+ ``extra`` ``nnScreener_train`` arguments)."""
-        from nnscreener.cli.train import build_parser, run_overrides
-        from nnscreener.config import merge, parse_set_overrides, validate
+        from nnscreener.config import merge, parse_set_overrides
 
         config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
-        args = build_parser().parse_args(["0", stage, *setup.args_of(stage), *extra])
-        return validate(merge(config, run_overrides(args)))
+        return self.with_run_arguments(config, setup, stage, extra)
 
     def actual_config(self, setup: Setup, stage: str, folder: Path, extra: Sequence[str]):
         """The config the stage's model has (its ``config.json``) or, not trained yet, will have: the trainer's
         merge of the plans' stored config with the same arguments (nnscreener/trainers/run.py)."""
-        from nnscreener.cli.train import build_parser, run_overrides
-        from nnscreener.config import ScreenerConfig, merge, validate
+        from nnscreener.config import ScreenerConfig
         from nnscreener.plans import config_from_plans
 
         if (folder / "config.json").is_file():
             return ScreenerConfig.from_dict(json.loads((folder / "config.json").read_text()))
-        plans = json.loads((self.pre_root(setup.plans) / self.raw_dir.name / f"{setup.plans}.json").read_text())
-        args = build_parser().parse_args(["0", stage, *setup.args_of(stage), *extra])
-        return validate(merge(config_from_plans(plans), run_overrides(args)))
+        plans = config_from_plans(json.loads(self.plans_file(setup).read_text()))
+        return self.with_run_arguments(plans, setup, stage, extra)
 
     def check_config(self, setup: Setup, stage: str, folder: Path, extra: Sequence[str]) -> None:
         """Refuses (:class:`SettingsDiffer`) a stage whose model is, or would be, trained with other settings than
@@ -287,7 +296,7 @@ class Campaign:
 
     # ------------------------------------------------------------------ steps
     def plan(self, setup: Setup) -> None:
-        plans_json = self.pre_root(setup.plans) / self.raw_dir.name / f"{setup.plans}.json"
+        plans_json = self.plans_file(setup)
         if plans_json.is_file():
             return
         if self.args.reuse_demo and setup.plans == BASE_PLANS:
@@ -304,12 +313,12 @@ class Campaign:
         """Trains a stage unless finished; resumes an interrupted one. Returns its ledger step id."""
         step_id = f"train/{setup.name}/seed{seed}/{stage}" + (f"/{variant}" if stage not in SSL_STAGES else "")
         folder = self.stage_dir(setup, seed, stage, variant)
-        run_args = ["--num_iterations", str(setup.iterations_of(stage)), "--set", f"seed={seed}", *extra]
-        self.check_config(setup, stage, folder, run_args)
+        schedule = ["--num_iterations", str(setup.iterations_of(stage)), "--set", f"seed={seed}"]
+        self.check_config(setup, stage, folder, [*schedule, *extra])
         if (folder / FINAL_CHECKPOINT).is_file():
             return step_id
         resumed = (folder / LATEST_CHECKPOINT).is_file()
-        argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", *run_args[:4],
+        argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", *schedule,
                 *setup.args_of(stage), *extra]
         self.step(step_id, common.cli_argv("nnscreener.cli.train", *argv, *(["--c"] if resumed else [])),
                   self.env(setup.plans, self.results_root(setup, seed)), iterations=setup.iterations_of(stage),
@@ -460,12 +469,10 @@ class Campaign:
 
 
 def flat_differences(prefix: str, meant, actual) -> List[Tuple[str, object, object]]:
-    """``(dotted key, meant, actual)`` for every leaf where two (nested) config dicts differ."""
-    if isinstance(meant, dict) and isinstance(actual, dict):
-        return [d for key in meant for d in flat_differences(f"{prefix}.{key}", meant[key], actual.get(key))]
-    same = meant == actual or (isinstance(meant, (list, tuple)) and isinstance(actual, (list, tuple))
-                               and list(meant) == list(actual))
-    return [] if same else [(prefix, meant, actual)]
+    """``(dotted key, meant, actual)`` for every leaf where two nested ``ScreenerConfig.to_dict()`` dicts differ."""
+    if isinstance(meant, dict):
+        return [d for key in meant for d in flat_differences(f"{prefix}.{key}", meant[key], actual[key])]
+    return [] if meant == actual else [(prefix, meant, actual)]
 
 
 def evaluate_supports_protocol() -> bool:
