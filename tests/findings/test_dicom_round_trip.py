@@ -2,9 +2,9 @@
 a parametric map) -> read back with highdicom / pydicom: both lie on the source slices and hold the findings mask /
 the map; no patient name or ID of the source reaches a log, a table, a report or a file name."""
 import gzip
+import io
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import highdicom as hd
@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -67,18 +68,9 @@ def _nifti_header(data: bytes) -> bytes:
 
 
 def _png_text(data: bytes) -> bytes:
-    """The text chunks (tEXt, iTXt, zTXt decompressed) of a PNG, not its compressed pixels."""
-    texts, at = [], 8  # after the signature: chunks of length (4 bytes), type (4), data, CRC (4)
-    while at + 8 <= len(data):
-        length, kind = struct.unpack(">I", data[at:at + 4])[0], data[at + 4:at + 8]
-        body = data[at + 8:at + 8 + length]
-        if kind in (b"tEXt", b"iTXt"):
-            texts.append(body)
-        elif kind == b"zTXt":
-            keyword, _, compressed = body.partition(b"\0")
-            texts.append(keyword + zlib.decompress(compressed[1:]))
-        at += 12 + length
-    return b"\n".join(texts)
+    """The text chunks (tEXt, iTXt, zTXt) of a PNG as Pillow reads them, not its compressed pixels."""
+    with Image.open(io.BytesIO(data)) as png:
+        return "\n".join(f"{key}\0{value}" for key, value in png.text.items()).encode("latin-1", "replace")
 
 
 def _written_text(folder: Path) -> str:
