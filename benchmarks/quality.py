@@ -207,7 +207,7 @@ class Campaign:
         spec = CONFIGS[config]
         iterations = tuple(max(1, round(scale * n)) for n in self.args.base_iterations)
         steps = str(iterations[0]) if len(set(iterations)) == 1 else "-".join(map(str, iterations))
-        planned = spec.ssl_of or spec.models_of or config  # a configuration sharing models shares their plans
+        planned = spec.ssl_of or spec.condition_of or spec.models_of or config  # sharing models shares their plans
         plans = f"{BASE_PLANS}_{planned}" if CONFIGS[planned].plan_set else BASE_PLANS
         train_args = (*spec.train_args, *common.set_args(self.args.train_set))
         return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
@@ -327,9 +327,12 @@ class Campaign:
 
     def ssl(self, setup: Setup, seed: int) -> List[str]:
         """Descriptor and condition of a setup and seed (random ones for the untrained control)."""
-        variant = self.ssl_variant(setup)
-        if CONFIGS[setup.config].ssl_of:
-            return self.shared_ssl(setup, seed, variant)
+        variant, spec = self.ssl_variant(setup), CONFIGS[setup.config]
+        if spec.ssl_of:
+            return self.shared_ssl(setup, seed, variant, spec.ssl_of, SSL_STAGES)
+        if spec.condition_of:
+            return [self.train(setup, seed, "descriptor", variant),
+                    *self.shared_ssl(setup, seed, variant, spec.condition_of, ("condition",))]
         if not setup.untrained:
             return [self.train(setup, seed, stage, variant) for stage in SSL_STAGES]
         step_id = f"untrained/{setup.name}/seed{seed}"
@@ -339,17 +342,17 @@ class Campaign:
             self.step(step_id, argv, self.env(setup.plans, self.results_root(setup, seed)))
         return [step_id]
 
-    def shared_ssl(self, setup: Setup, seed: int, variant: str) -> List[str]:
-        """A density-only configuration: the descriptor and condition of its ``ssl_of`` configuration (trained if
-        needed, counted in its cost), linked into its own results root."""
-        base = self.setup(CONFIGS[setup.config].ssl_of, setup.scale)
+    def shared_ssl(self, setup: Setup, seed: int, variant: str, of: str, shared: Sequence[str]) -> List[str]:
+        """The ``shared`` SSL stages of configuration ``of`` (``ssl_of``: both; ``condition_of``: the condition),
+        trained if needed, counted in this setup's cost, linked into its own results root. Returns their step ids."""
+        base = self.setup(of, setup.scale)
         if base.plans != setup.plans or self.ssl_variant(base) != variant:
             raise SystemExit(f"configuration {setup.config} shares the SSL models of {base.config} but differs "
                              f"in plans or SSL variant")
-        step_ids = self.ssl(base, seed)
-        for stage in SSL_STAGES:
+        step_ids = dict(zip(SSL_STAGES, self.ssl(base, seed)))
+        for stage in shared:
             self.link(self.stage_dir(setup, seed, stage, variant), self.stage_dir(base, seed, stage, variant))
-        return step_ids
+        return [step_ids[stage] for stage in shared]
 
     def screener(self, row: Row, seed: int) -> Dict[str, str]:
         """Descriptor, condition and the row's density model of a seed; returns their ledger step ids by stage."""

@@ -22,6 +22,7 @@ class ConfigSpec:
     train_args: Tuple[str, ...] = ()
     stage_args: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     ssl_of: str = ""  # a density-only configuration: reuses that configuration's plans, descriptor and condition
+    condition_of: str = ""  # a descriptor configuration: trains its own descriptor, reuses that one's condition
     models_of: str = ""  # a prediction-only configuration: reuses all three trained models of that configuration
     predict_args: Tuple[str, ...] = ()  # extra ``nnScreener_predict`` arguments (``--score latent``)
 
@@ -71,6 +72,12 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "latent_score": ConfigSpec("score 0.5 ||z||^2 instead of -log q (no log-volume term; nnScreener_predict --score "
                                "latent) on the default models", models_of="default",
                                predict_args=("--score", "latent")),
+    "desc_no_intensity_aug": ConfigSpec(
+        "descriptor trained without the brightness, contrast and gamma augmentations (blur/sharpen and noise kept; "
+        "beyond the paper); the default's condition, the preset's density",
+        stage_args={"descriptor": ("--set", "ssl.augmentation.p_brightness=0", "--set", "ssl.augmentation.p_contrast=0",
+                                   "--set", "ssl.augmentation.p_gamma=0")},
+        condition_of="default"),
     "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
                                stage_args={"density": ("--set", "density.condition_mask_passes=2")},
                                ssl_of="default"),

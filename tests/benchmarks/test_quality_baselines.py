@@ -118,3 +118,31 @@ def test_prediction_only_configurations_score_the_models_of_another_with_their_p
     assert campaign.predict(row, 0) == "predict/latent_score_it10/seed0/masking_flow"
     (argv,) = argvs
     assert argv[-2:] == ["--score", "latent"] and str(campaign.prediction_dir(row, 0)) in argv
+
+
+def test_a_descriptor_configuration_trains_its_own_descriptor_and_links_the_condition_of_another(tmp_path):
+    """``desc_no_intensity_aug`` trains its descriptor with its own arguments in its own folder and links the default
+    setup's condition (trained there if needed, its cost reported in this row)."""
+    campaign = quality.Campaign.__new__(quality.Campaign)
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--base_iterations", "10", "20", "30"])
+    campaign.work_dir, campaign.raw_dir = tmp_path, tmp_path / "nnUNet_raw" / "Dataset500_SyntheticCT"
+    campaign.ledger = quality.common.Ledger(tmp_path / "ledger.json")
+    campaign.env = lambda plans, results=None: {}
+    campaign.check_config = lambda *args: None  # test_quality_config.py's
+    trained = []
+    campaign.step = lambda step_id, argv, env, **extra: trained.append((step_id, argv))
+    setup, base = campaign.setup("desc_no_intensity_aug", 1), campaign.setup("default", 1)
+    assert setup.plans == base.plans
+    variant = campaign.ssl_variant(setup)
+
+    step_ids = campaign.ssl(setup, 0)
+    assert step_ids == [f"train/{setup.name}/seed0/descriptor", f"train/{base.name}/seed0/condition"]
+    assert [step_id for step_id, _ in trained] == [f"train/{setup.name}/seed0/descriptor",
+                                                   f"train/{base.name}/seed0/descriptor",
+                                                   f"train/{base.name}/seed0/condition"]
+    own_argv = trained[0][1]
+    assert "ssl.augmentation.p_brightness=0" in own_argv and "ssl.augmentation.p_gamma=0" in own_argv
+    assert not any("augmentation" in arg for _, argv in trained[1:] for arg in argv)
+    condition = campaign.stage_dir(setup, 0, "condition", variant)
+    assert condition.is_symlink() and condition.resolve() == campaign.stage_dir(base, 0, "condition", variant).resolve()
+    assert not campaign.stage_dir(setup, 0, "descriptor", variant).is_symlink()
