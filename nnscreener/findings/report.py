@@ -4,7 +4,9 @@
 sagittal slices through its centroid with the map overlaid (nnscreener/inference/previews.py) and the finding's
 outline, and the findings table beside them; the title names the operating point, its threshold and what it means
 on the normal scans. ``findings_index.html`` lists every case of the folder with its findings JSON, linking the
-PNG and the CSV. Slices are shown in array orientation (rows y / z, columns x / y), like the previews.
+PNG and the CSV. Scan, map and mask are reoriented to the previews' display orientation first
+(nnscreener/inference/previews.py: anterior up and the patient's right on the left in axial slices, superior up in
+coronal and sagittal ones), whatever direction the scan's file has.
 
 Axis order: image, map and mask are SimpleITK arrays (z, y, x); spacing is (x, y, z) in mm.
 """
@@ -24,7 +26,7 @@ from matplotlib.figure import Figure
 from nnscreener.errors import ScreenerError
 from nnscreener.findings.outputs import findings_files
 from nnscreener.inference.input_files import output_file
-from nnscreener.inference.previews import draw_overlay, map_display_range
+from nnscreener.inference.previews import draw_overlay, map_display_range, to_display_orientation
 from nnscreener.io.images import read_image
 
 REPORT_FINDINGS = 4  # findings drawn per PNG (the table lists up to TABLE_ROWS)
@@ -133,17 +135,29 @@ def draw_report(image_zyx: np.ndarray, map_zyx: np.ndarray, mask_zyx: np.ndarray
     return path
 
 
+def centroids_on_display_grid(document: Mapping[str, Any], image: sitk.Image, shown: sitk.Image) -> Dict[str, Any]:
+    """A copy of a findings document whose ``centroid_voxel_xyz`` are indices of the display grid ``shown`` (the
+    scan ``image`` reoriented) instead of the scan's own, mapped through their physical point."""
+    rows = []
+    for row in document["findings"]:
+        point = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in row["centroid_voxel_xyz"]])
+        rows.append({**row, "centroid_voxel_xyz": list(shown.TransformPhysicalPointToContinuousIndex(point))})
+    return {**document, "findings": rows}
+
+
 def write_case_report(out_dir: Path, case: str, image_file: Union[str, Path],
                       window_hu: Tuple[float, float] = (-1000.0, 300.0)) -> Path:
-    """Reads a case's scan, map and findings files from ``out_dir`` and draws its report PNG."""
+    """Reads a case's scan, map and findings files from ``out_dir`` and draws its report PNG in the display
+    orientation."""
     files = findings_files(out_dir, case)
     document = json.loads(files["json"].read_text())
     image = read_image(Path(image_file))
     arrays = [sitk.GetArrayFromImage(read_image(p)) for p in (output_file(out_dir, case), files["mask"])]
     if arrays[0].shape != sitk.GetArrayViewFromImage(image).shape:
         raise ScreenerError(f"case {case}: scan {image_file} and map {output_file(out_dir, case)} differ in size")
-    return draw_report(sitk.GetArrayFromImage(image).astype(np.float32), arrays[0], arrays[1], image.GetSpacing(),
-                       document, report_file(out_dir, case), window_hu)
+    shown, (map_zyx, mask_zyx) = to_display_orientation(image, *arrays)
+    return draw_report(sitk.GetArrayFromImage(shown).astype(np.float32), map_zyx, mask_zyx, shown.GetSpacing(),
+                       centroids_on_display_grid(document, image, shown), report_file(out_dir, case), window_hu)
 
 
 def write_index(out_dir: Path) -> Path:

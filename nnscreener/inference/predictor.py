@@ -38,9 +38,8 @@ from nnscreener.config import BLENDINGS, SCORES, ScreenerConfig
 from nnscreener.errors import ScreenerError
 from nnscreener.inference.export import map_to_original_geometry, upsample_to_patch, write_map
 from nnscreener.inference.input_files import InputCase, discover_cases, output_file, select_part, split_finished
-from nnscreener.inference.previews import save_previews
+from nnscreener.inference.previews import write_previews
 from nnscreener.inference.sliding_window import PaddedVolume, Stitcher, Window, batched, iter_windows, pad_to_patch
-from nnscreener.io.images import read_image
 from nnscreener.plans import ScreenerPlans, load_plans_file
 from nnscreener.workers import exit_with_parent
 
@@ -131,12 +130,8 @@ def _export_case(map_zyx: np.ndarray, body_zyx: np.ndarray, properties: Mapping[
     original = map_to_original_geometry(map_zyx, body_zyx, properties, plans_manager, configuration_manager)
     write_map(original, properties, out_file)
     if preview_source is not None:
-        import SimpleITK as sitk
-
-        image = read_image(Path(preview_source))
-        stem = out_file.parent / PREVIEW_FOLDER / out_file.name[: -len(".nii.gz")]
-        save_previews(sitk.GetArrayFromImage(image).astype(np.float32), original, image.GetSpacing(), stem,
-                      window_hu)
+        write_previews(preview_source, original, out_file.parent / PREVIEW_FOLDER / out_file.name[: -len(".nii.gz")],
+                       window_hu)
 
 
 def _prefetched(produce: Callable[[], Iterator[Any]], depth: int = 2) -> Iterator[Any]:

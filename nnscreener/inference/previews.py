@@ -4,6 +4,8 @@ One axial and one coronal slice per case, both through the map's highest-scoring
 Agg canvas (no display, no pyplot state, safe in worker processes).
 
 Axis order: image and map are SimpleITK arrays (z, y, x) of the same shape; spacing is SimpleITK's (x, y, z) in mm.
+Orientation: callers pass arrays in the display orientation (:func:`to_display_orientation`), so a scan stored with
+any direction (e.g. z running feet-first, x flipped) is drawn the way a radiologist expects.
 """
 from __future__ import annotations
 
@@ -11,12 +13,44 @@ from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
+import SimpleITK as sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from nnscreener.io.images import read_image
 
 OVERLAY_ALPHA = 0.5
 OVERLAY_CMAP = "inferno"
 OVERLAY_TOP_PERCENTILE = 99.5  # the colour scale saturates here so one extreme voxel does not wash out the rest
+
+
+# index axes x, y, z run towards the patient's left, posterior and superior (DICOM LPS, identity direction)
+DISPLAY_ORIENTATION = "LPS"
+
+
+def to_display_orientation(image: sitk.Image, *arrays_zyx: np.ndarray) -> Tuple[sitk.Image, List[np.ndarray]]:
+    """The scan, and arrays on its voxel grid, with their axes permuted and flipped (no interpolation) to
+    :data:`DISPLAY_ORIENTATION` (the nearest one for an oblique scan).
+
+    Drawn with the origins used here, axial slices then show anterior up and the patient's right on the viewer's
+    left (the radiological convention), coronal and sagittal slices superior up, whatever direction the file had.
+
+    Args:
+        image: the scan as read (any direction).
+        arrays_zyx: (z, y, x) arrays of the scan's shape (an anomaly map, a findings mask).
+
+    Returns:
+        The reoriented scan (spacing and physical-to-index mapping of the display grid) and the reoriented arrays.
+    """
+    shape = sitk.GetArrayViewFromImage(image).shape
+    reoriented = []
+    for array in arrays_zyx:
+        if array.shape != shape:
+            raise ValueError(f"array {array.shape} is not on the scan's grid {shape}")
+        on_grid = sitk.GetImageFromArray(array)
+        on_grid.CopyInformation(image)
+        reoriented.append(sitk.GetArrayFromImage(sitk.DICOMOrient(on_grid, DISPLAY_ORIENTATION)))
+    return sitk.DICOMOrient(image, DISPLAY_ORIENTATION), reoriented
 
 
 def focus_voxel(map_zyx: np.ndarray) -> Tuple[int, int, int]:
@@ -56,7 +90,8 @@ def _draw(image_2d: np.ndarray, map_2d: np.ndarray, aspect: float, origin: str, 
 
 def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Sequence[float],
                   output_stem: Union[str, Path], window_hu: Tuple[float, float] = (-1000.0, 300.0)) -> List[Path]:
-    """Writes ``{output_stem}_axial.png`` and ``{output_stem}_coronal.png``.
+    """Writes ``{output_stem}_axial.png`` and ``{output_stem}_coronal.png`` (arrays in the display orientation,
+    :func:`to_display_orientation`).
 
     Args:
         image_zyx: (z, y, x) scan in HU, as SimpleITK reads it.
@@ -78,8 +113,17 @@ def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Seque
     name = output_stem.name
     axial = output_stem.with_name(f"{name}_axial.png")
     coronal = output_stem.with_name(f"{name}_coronal.png")
-    # axial: rows y from the top, columns x; coronal: rows z with higher z (usually the head) up
+    # axial: rows y (anterior first) from the top, columns x; coronal: rows z with higher z (the head) up
     _draw(image_zyx[z], map_zyx[z], sy / sx, "upper", window_hu, map_range, f"{name}: axial slice z={z}", axial)
     _draw(image_zyx[:, y, :], map_zyx[:, y, :], sz / sx, "lower", window_hu, map_range,
           f"{name}: coronal slice y={y}", coronal)
     return [axial, coronal]
+
+
+def write_previews(scan_file: Union[str, Path], map_zyx: np.ndarray, output_stem: Union[str, Path],
+                   window_hu: Tuple[float, float] = (-1000.0, 300.0)) -> List[Path]:
+    """:func:`save_previews` of a map on the grid of the scan in ``scan_file`` (as read, any direction), both
+    reoriented to the display orientation first. Returns the two PNG paths."""
+    scan, (shown_map,) = to_display_orientation(read_image(Path(scan_file)), map_zyx)
+    return save_previews(sitk.GetArrayFromImage(scan).astype(np.float32), shown_map, scan.GetSpacing(), output_stem,
+                         window_hu)

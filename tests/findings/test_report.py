@@ -2,9 +2,13 @@
 import json
 
 import numpy as np
+import SimpleITK as sitk
 from matplotlib.image import imread
 
-from nnscreener.findings.report import INDEX_FILE, draw_report, report_range, write_index
+from nnscreener.findings.outputs import findings_files
+from nnscreener.findings.report import INDEX_FILE, draw_report, report_file, report_range, write_case_report, write_index
+from nnscreener.inference.input_files import output_file
+from tests.inference.test_previews import stored
 
 
 def _document(rows, threshold=2.0):
@@ -41,3 +45,37 @@ def test_the_index_lists_every_case_with_links_and_escapes_names(tmp_path):
     assert (tmp_path / INDEX_FILE).is_file()
     assert "<h2>c&lt;1&gt;</h2><p>1 finding at fp_ml=10" in text and '<img src="c%3C1%3E_findings.png"' in text
     assert 'href="c%3C1%3E_findings.csv"' in text
+
+
+def _case_folder(folder, flipped: bool):
+    """A case's scan, map, findings mask and findings JSON (one finding) as the findings step writes them."""
+    rng = np.random.default_rng(0)
+    scan = np.full((12, 20, 16), -1000.0, np.float32)
+    scan[:, 4:16, 3:13] = 40.0
+    scan[2:5, 6:9, 4:7] = 300.0  # asymmetric anatomy: a flip would show
+    score = np.zeros(scan.shape, np.float32)
+    score[:, 4:16, 3:13] = rng.random((12, 12, 10))
+    score[8, 12, 10] = 6.0
+    mask = (score > 2.0).astype(np.uint8)
+    folder.mkdir()
+    for array, path in ((scan, folder / "scan.nii.gz"), (score, output_file(folder, "c")),
+                        (mask, findings_files(folder, "c")["mask"])):
+        sitk.WriteImage(stored(array, flipped), str(path))
+    centre_xyz = [16 - 1 - 10, 12, 12 - 1 - 8] if flipped else [10, 12, 8]
+    row = {**_row(1, centre_xyz, 6.0), "centroid_lps_mm": [0.0, 38.0, 46.0]}
+    document = {**_document([row]), "case": "c"}
+    findings_files(folder, "c")["json"].write_text(json.dumps(document))
+    return folder / "scan.nii.gz"
+
+
+def test_a_report_looks_the_same_whatever_direction_the_scan_is_stored_in(tmp_path):
+    """A scan stored with z and x reversed is drawn exactly like the same scan stored with identity direction, the
+    finding's slices included (before the display orientation, its coronal slice came out upside down)."""
+    pixels = {}
+    for flipped in (False, True):
+        folder = tmp_path / f"flipped{flipped}"
+        write_case_report(folder, "c", _case_folder(folder, flipped))
+        pixels[flipped] = imread(report_file(folder, "c"))
+    assert pixels[False].shape == pixels[True].shape
+    np.testing.assert_array_equal(pixels[False], pixels[True])
+
