@@ -20,7 +20,8 @@ Screener stages together at that budget (the CPU minutes each really took are in
 Layout of ``--work_dir W``: ``nnUNet_raw`` / ``nnUNet_preprocessed`` (unless ``--reuse_demo``), ``results/<setup>/
 seed<N>/`` (one ``nnUNet_results`` root per setup and seed, e.g. ``default_it180-180-240/seed0``),
 ``predictions/<setup>/seed<N>/<variant>/``, ``summaries/<protocol>/*.json``, ``logs/``, ``ledger.json`` (every
-finished step: timings, fingerprints) and ``campaign.json`` (the rows of the tables and where their figures are).
+finished step: timings, fingerprints) and ``campaign.json`` (the rows of the tables and where their figures are,
+accumulated over invocations: a later one adds its rows and replaces only the seeds it ran again).
 Re-running skips finished stages (``checkpoint_final.pth``), predictions and evaluations and resumes interrupted
 training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone. A stage whose
 finished model (its ``config.json``) or whose plans differ from what its row means (today's cpu preset with the
@@ -41,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
@@ -530,6 +531,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def merged_rows(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """``campaign.json``'s rows after an invocation: every row of earlier invocations, in their order, then the new
+    ones. A row run again (same part, label and setup) takes this invocation's entry; its seeds that this invocation
+    did not run keep their earlier figures, the others are replaced (a failure too: it says the row is not measured
+    at today's settings)."""
+    def key(row: Mapping[str, Any]) -> Tuple[str, str, str]:
+        return row["part"], row["label"], row["setup"]
+
+    now = {key(row): row for row in current}
+    out = [{**now[key(row)], "seeds": {**row["seeds"], **now.pop(key(row))["seeds"]}} if key(row) in now else dict(row)
+           for row in previous]
+    return out + [row for row in current if key(row) in now]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -547,7 +562,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "num_processes": args.num_processes, "seeds": args.seeds, "protocols": args.protocols,
         "config_scale": args.config_scale, "step_size": args.step_size, "data_seed": args.data_seed,
         "reused_demo": str(args.reuse_demo) if args.reuse_demo else None}
-    campaign.run(lambda figures: common.write_json(campaign.work_dir / "campaign.json", {**manifest, **figures}))
+    manifest_file = campaign.work_dir / "campaign.json"
+    earlier = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest["commands"] = [*earlier.get("commands", [earlier["command"]] if "command" in earlier else []), argv]
+    campaign.run(lambda figures: common.write_json(manifest_file, {
+        **manifest, **figures, "rows": merged_rows(earlier.get("rows", []), figures["rows"])}))
     quality_report.main(["--work_dir", str(campaign.work_dir), "-o", str(args.output)])
     print(f"wall-clock of this invocation: {(time.perf_counter() - start) / 60:.1f} min; tables in {args.output}")
     if campaign.failed:

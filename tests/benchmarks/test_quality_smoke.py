@@ -64,6 +64,27 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
     assert second.returncode == 0 and "[run]" not in second.stdout
     assert json.loads((work / "ledger.json").read_text()) == ledger
 
+    seeds = argv.index("--seeds")  # a later invocation: floors only, seed 0 only
+    only_floors = [*argv[:seeds + 2], *argv[seeds + 3:]]
+    only_floors[only_floors.index("scaling")] = "floors"
+    third = subprocess.run(only_floors, env=env, capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    accumulated = json.loads((work / "campaign.json").read_text())
+    assert [r["part"] for r in accumulated["rows"]] == ["scaling", "floors", "floors"]
+    assert accumulated["rows"][0] == row and len(accumulated["commands"]) == 3
+    assert "| 1x | 2 / 2 / 2 | 2 |" in results.read_text()  # the earlier invocation's rows stay in the tables
+
+
+def test_a_row_run_again_keeps_the_seeds_it_did_not_run_and_takes_the_new_ones():
+    def row(label, **seeds):
+        return {"part": "configs", "label": label, "setup": f"{label}_it1", "seeds": seeds}
+
+    previous = [row("a", **{"0": "a0", "1": "a1"}), row("b", **{"0": "b0"})]
+    current = [row("c", **{"0": "c0"}), row("a", **{"1": None, "2": "a2"})]
+    assert quality.merged_rows(previous, current) == [row("a", **{"0": "a0", "1": None, "2": "a2"}),
+                                                      row("b", **{"0": "b0"}), row("c", **{"0": "c0"})]
+    assert quality.merged_rows([], current) == current and quality.merged_rows(previous, []) == previous
+
 
 def test_untrained_models_load_as_trained_stages_with_the_trainers_initialisation(nnunet_env):
     from nnscreener.networks.dense_net import build_dense_net, load_dense_net
