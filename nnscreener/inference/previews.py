@@ -10,7 +10,7 @@ any direction (e.g. z running feet-first, x flipped) is drawn the way a radiolog
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -89,7 +89,8 @@ def _draw(image_2d: np.ndarray, map_2d: np.ndarray, aspect: float, origin: str, 
 
 
 def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Sequence[float],
-                  output_stem: Union[str, Path], window_hu: Tuple[float, float] = (-1000.0, 300.0)) -> List[Path]:
+                  output_stem: Union[str, Path], window_hu: Tuple[float, float] = (-1000.0, 300.0),
+                  point_of: Optional[Callable[[Sequence[int]], Sequence[float]]] = None) -> List[Path]:
     """Writes ``{output_stem}_axial.png`` and ``{output_stem}_coronal.png`` (arrays in the display orientation,
     :func:`to_display_orientation`).
 
@@ -99,6 +100,8 @@ def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Seque
         spacing_xyz: voxel spacing (x, y, z) in mm, for the aspect ratio.
         output_stem: path without the ``_axial.png`` / ``_coronal.png`` suffix; its folder is created.
         window_hu: grey-level window of the scan in HU.
+        point_of: maps an (x, y, z) index to its LPS point in mm; titles then give the slice's position in mm (the
+            same whatever direction the file had), else its array index.
 
     Returns:
         The two PNG paths.
@@ -108,15 +111,19 @@ def save_previews(image_zyx: np.ndarray, map_zyx: np.ndarray, spacing_xyz: Seque
     output_stem = Path(output_stem)
     output_stem.parent.mkdir(parents=True, exist_ok=True)
     sx, sy, sz = (float(s) for s in spacing_xyz)
-    z, y, _ = focus_voxel(map_zyx)
+    z, y, x = focus_voxel(map_zyx)
+    where = (f"z={z}", f"y={y}")
+    if point_of is not None:
+        point = point_of((x, y, z))
+        where = (f"z = {point[2]:.1f} mm (LPS)", f"y = {point[1]:.1f} mm (LPS)")
     map_range = map_display_range(map_zyx)
     name = output_stem.name
     axial = output_stem.with_name(f"{name}_axial.png")
     coronal = output_stem.with_name(f"{name}_coronal.png")
     # axial: rows y (anterior first) from the top, columns x; coronal: rows z with higher z (the head) up
-    _draw(image_zyx[z], map_zyx[z], sy / sx, "upper", window_hu, map_range, f"{name}: axial slice z={z}", axial)
+    _draw(image_zyx[z], map_zyx[z], sy / sx, "upper", window_hu, map_range, f"{name}: axial slice {where[0]}", axial)
     _draw(image_zyx[:, y, :], map_zyx[:, y, :], sz / sx, "lower", window_hu, map_range,
-          f"{name}: coronal slice y={y}", coronal)
+          f"{name}: coronal slice {where[1]}", coronal)
     return [axial, coronal]
 
 
@@ -126,4 +133,4 @@ def write_previews(scan_file: Union[str, Path], map_zyx: np.ndarray, output_stem
     reoriented to the display orientation first. Returns the two PNG paths."""
     scan, (shown_map,) = to_display_orientation(read_image(Path(scan_file)), map_zyx)
     return save_previews(sitk.GetArrayFromImage(scan).astype(np.float32), shown_map, scan.GetSpacing(), output_stem,
-                         window_hu)
+                         window_hu, lambda index_xyz: scan.TransformIndexToPhysicalPoint([int(i) for i in index_xyz]))

@@ -4,6 +4,7 @@ import pytest
 import SimpleITK as sitk
 from matplotlib.image import imread
 
+from nnscreener.inference import previews
 from nnscreener.inference.previews import to_display_orientation, write_previews
 
 
@@ -19,13 +20,18 @@ def stored(array_zyx: np.ndarray, flipped: bool) -> sitk.Image:
     return image
 
 
-def test_previews_of_a_flipped_scan_equal_those_of_the_same_scan_stored_plainly(tmp_path):
+def _scan_and_score():
     scan = np.full((10, 16, 14), -1000.0, np.float32)
     scan[:, 3:13, 2:12] = 40.0
     scan[1:4, 4:7, 3:6] = 300.0  # asymmetric: a flip would show
     score = np.zeros(scan.shape, np.float32)
     score[:, 3:13, 2:12] = np.random.default_rng(0).random((10, 10, 10))
-    score[7, 9, 8] = 5.0
+    score[7, 9, 8] = 5.0  # the focus voxel: z 7 (14 mm), y 9 (13.5 mm)
+    return scan, score
+
+
+def test_previews_of_a_flipped_scan_equal_those_of_the_same_scan_stored_plainly(tmp_path):
+    scan, score = _scan_and_score()
     drawn = {}
     for flipped in (False, True):
         scan_file = tmp_path / f"scan_{flipped}.nii.gz"
@@ -37,6 +43,18 @@ def test_previews_of_a_flipped_scan_equal_those_of_the_same_scan_stored_plainly(
     for plain, flipped in zip(drawn[False], drawn[True]):
         assert plain.std() > 0
         np.testing.assert_array_equal(plain, flipped)
+
+
+def test_preview_titles_give_the_slice_position_in_mm_whatever_the_direction(tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr(previews, "_draw", lambda *args: titles.append(args[6]))
+    scan, score = _scan_and_score()
+    for flipped in (False, True):
+        scan_file = tmp_path / f"scan_{flipped}.nii.gz"
+        sitk.WriteImage(stored(scan, flipped), str(scan_file))
+        stored_map = np.ascontiguousarray(score[::-1, :, ::-1] if flipped else score)
+        write_previews(scan_file, stored_map, tmp_path / "case")
+    assert titles == ["case: axial slice z = 14.0 mm (LPS)", "case: coronal slice y = 13.5 mm (LPS)"] * 2
 
 
 def test_the_display_orientation_undoes_flips_and_axis_permutations():
