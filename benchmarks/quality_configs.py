@@ -78,6 +78,10 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
         stage_args={"descriptor": ("--set", "ssl.augmentation.p_brightness=0", "--set", "ssl.augmentation.p_contrast=0",
                                    "--set", "ssl.augmentation.p_gamma=0")},
         condition_of="default"),
+    "desc_no_blur": ConfigSpec(
+        "descriptor trained without the blur-or-sharpen augmentation (beyond the paper); the default's condition, the "
+        "preset's density", stage_args={"descriptor": ("--set", "ssl.augmentation.p_blur_or_sharpen=0")},
+        condition_of="default"),
     "mask_passes2": ConfigSpec("condition read from 2 complementary masked passes (training and inference)",
                                stage_args={"density": ("--set", "density.condition_mask_passes=2")},
                                ssl_of="default"),
