@@ -124,7 +124,8 @@ def test_a_descriptor_configuration_trains_its_own_descriptor_and_links_the_cond
     """``desc_no_intensity_aug`` trains its descriptor with its own arguments in its own folder and links the default
     setup's condition (trained there if needed, its cost reported in this row)."""
     campaign = quality.Campaign.__new__(quality.Campaign)
-    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--base_iterations", "10", "20", "30"])
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path),
+                                                       "--base_iterations", "10", "20", "30"])
     campaign.work_dir, campaign.raw_dir = tmp_path, tmp_path / "nnUNet_raw" / "Dataset500_SyntheticCT"
     campaign.ledger = quality.common.Ledger(tmp_path / "ledger.json")
     campaign.env = lambda plans, results=None: {}

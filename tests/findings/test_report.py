@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from matplotlib.image import imread
 
 from nnscreener.findings.outputs import findings_files
-from nnscreener.findings.report import INDEX_FILE, draw_report, report_file, report_range, write_case_report, write_index
+from nnscreener.findings.report import (INDEX_FILE, draw_report, report_file, report_range, write_case_report,
+                                         write_index)
 from nnscreener.inference.input_files import output_file
 from tests.inference.test_previews import stored
 
