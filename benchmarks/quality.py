@@ -51,6 +51,7 @@ from quality_configs import BASE_PRESET, CONFIGS  # noqa: E402
 from nnscreener import paths, stages  # noqa: E402
 from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: E402
 from nnscreener.config import get_preset  # noqa: E402
+from nnscreener.density.conditions import condition_option  # noqa: E402
 from nnscreener.demo import BASE_ITERATIONS as DEMO_ITERATIONS  # noqa: E402
 
 BASE_PLANS = "nnScreenerPlans_cpu"
@@ -356,9 +357,12 @@ class Campaign:
         return [step_ids[stage] for stage in shared]
 
     def screener(self, row: Row, seed: int) -> Dict[str, str]:
-        """Descriptor, condition and the row's density model of a seed; returns their ledger step ids by stage."""
+        """Descriptor, condition and the row's density model of a seed; returns the ledger step ids of the stages
+        the row uses (a row without the learned condition does not count the condition model its setup trains)."""
         setup = row.setup
         cost = dict(zip(("untrained",) if setup.untrained else SSL_STAGES, self.ssl(setup, seed)))
+        if not condition_option(row.condition).needs_trained_network:
+            cost.pop("condition", None)
         cost["density"] = self.train(setup, seed, "density", row.variant,
                                      ["--condition", row.condition, "--density", row.density])
         return cost

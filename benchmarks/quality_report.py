@@ -125,14 +125,16 @@ def table_configs(fig: Figures, protocol: str) -> str:
     rows = fig.rows("configs")
     if not rows:
         return "_part `configs` not run_"
-    lines = [f"| config | description | plan CPU min | n | {METRIC_COLUMNS} | train CPU min | predict CPU min |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| config | description | steps | plan CPU min | n | {METRIC_COLUMNS} | train CPU min | "
+             "predict CPU min |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         train, predict = fig.train_and_predict(row)
         plan = fig.ledger.get(f"plan/{row['plans']}")
         plan_text = "shared" if not row["plans"].endswith(f"_{row['config']}") else \
             common.fmt(None if plan is None else plan["cpu_s"] / 60, 1)
-        lines.append(f"| {row['label']} | {row['description']} | {plan_text} | " +
+        steps = " / ".join(map(str, row["iterations"]))  # rows of several invocations may have other budgets
+        lines.append(f"| {row['label']} | {row['description']} | {steps} | {plan_text} | " +
                      " | ".join(metric_cells(fig, row, protocol)) + f" | {cell(train, 1)} | {cell(predict, 1)} |")
     return "\n".join(lines)
 
@@ -219,6 +221,16 @@ def dataset_description(fig: Figures) -> str:
            f"with lesion masks{settings}"
 
 
+def commands(campaign: Mapping[str, Any]) -> str:
+    """The invocations whose rows the tables show (``campaign.json`` accumulates them), oldest first."""
+    runs = campaign.get("commands") or [campaign["command"]]
+    if len(runs) == 1:
+        return f"- Command: `python benchmarks/quality.py {shlex.join(runs[0])}`"
+    return "\n".join([f"- Commands (the rows of {len(runs)} invocations, oldest first; a row run again takes "
+                      "the seeds of its latest run):"] +
+                     [f"  {i}. `python benchmarks/quality.py {shlex.join(run)}`" for i, run in enumerate(runs, 1)])
+
+
 def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
     c = fig.campaign
     body = [
@@ -228,14 +240,14 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
         f"- Date: {datetime.datetime.now().isoformat(timespec='minutes')}",
         f"- Machine: {machine['cpu']}; {machine['cores']} cores; torch {machine['torch']}, nnunetv2 "
         f"{machine['nnunetv2']}, Python {machine['python']} ({machine['os']})",
-        f"- Command: `python benchmarks/quality.py {shlex.join(c['command'])}`",
+        commands(c),
         f"- Dataset: {dataset_description(fig)}",
         f"- Budget: 1x = {' / '.join(map(str, c['base_iterations']))} optimizer steps of descriptor / condition / "
         f"density (nnScreener_demo's default budget: {c['demo_iterations']}); one child process at a time with "
         f"OMP_NUM_THREADS={c['threads']}; CPU minutes = user + system time of the step's process and its workers "
         f"(--num_processes {c['num_processes']})",
-        f"- Seeds: {' '.join(map(str, c['seeds']))} (`--set seed=N`: SSL and density training); cells are the mean "
-        f"over the n seeds with a summary ± half the range (max - min) / 2",
+        f"- Seeds: {' '.join(map(str, c['seeds']))} in the latest invocation (`--set seed=N`: SSL and density "
+        f"training); cells are the mean over the row's n seeds with a summary ± half the range (max - min) / 2",
         "- Metrics: voxel AUROC, AUROC up to FPR 0.3 (/0.3), AUPRO up to FPR 0.3 (/0.3, 26-connected regions), "
         "pooled over the test set",
         f"- Raw figures: `{fig.work_dir}` (campaign.json, ledger.json, summaries/<protocol>/*.json, tables.json)",
@@ -245,7 +257,8 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
         body += ["", f"### Evaluation protocol `{protocol}`: {PROTOCOL_TEXT.get(protocol, protocol)}", "",
                  f"#### Table 1: Table 3 grid at 1x, untrained control, floors ({title})", "",
                  table_methods(fig, protocol), "",
-                 f"#### Table 2: configurations at {c['config_scale']:g}x, AUROC against CPU minutes ({title})", "",
+                 f"#### Table 2: configurations, AUROC against CPU minutes ({title})", "",
+                 "Steps: descriptor / condition / density.", "",
                  table_configs(fig, protocol), "",
                  f"#### Table 3: scaling of the default model, masking + flow ({title})", "",
                  table_scaling(fig, protocol), "",

@@ -134,6 +134,45 @@ def test_write_results_replaces_its_block_and_keeps_what_was_written_by_hand(tmp
     assert second.count(common.RESULTS_BEGIN) == 1 and second.count(common.INTERPRETATION_TITLE) == 1
 
 
+def test_configuration_rows_of_several_invocations_show_their_own_budgets_and_every_command(tmp_path):
+    """campaign.json accumulates rows of invocations with other --config_scale values: each row says its steps."""
+    def row(setup, iterations, auroc):
+        summary = tmp_path / f"{setup}.json"
+        summary.write_text(json.dumps({"dataset": {"auroc": auroc}}))
+        return {"part": "configs", "label": "hist", "setup": setup, "config": "hist", "description": "d",
+                "plans": "nnScreenerPlans_cpu", "iterations": iterations,
+                "seeds": {"0": {"cost": {}, "summaries": {"all": str(summary)}}}}
+
+    runs = [["--config_scale", "1"], ["--config_scale", "4"]]
+    (tmp_path / "campaign.json").write_text(json.dumps({"rows": [row("hist_it2", [2, 2, 3], 0.61),
+                                                                 row("hist_it8", [8, 8, 12], 0.72)],
+                                                        "command": runs[1], "commands": runs}))
+    figures = report.Figures(tmp_path)
+    table = report.table_configs(figures, "all").splitlines()
+    assert table[2].startswith("| hist | d | 2 / 2 / 3 | shared | 1 | 0.610 |")
+    assert table[3].startswith("| hist | d | 8 / 8 / 12 | shared | 1 | 0.720 |")
+    listed = report.commands(figures.campaign)
+    assert "1. `python benchmarks/quality.py --config_scale 1`" in listed and "2. `" in listed
+    assert report.commands({"command": runs[0]}) == "- Command: `python benchmarks/quality.py --config_scale 1`"
+
+
+def test_a_screener_row_counts_the_condition_model_only_when_it_uses_it():
+    class Trained:  # the steps of a setup whose descriptor and condition are trained (the grid shares them)
+        def ssl(self, setup, seed):
+            return ["train/s/descriptor", "train/s/condition"]
+
+        def train(self, setup, seed, stage, variant, extra=()):
+            return f"train/s/{stage}/{variant}"
+
+    setup = quality.Setup("s", "default", "nnScreenerPlans_cpu", (2, 2, 3))
+    cost = {c: quality.Campaign.screener(Trained(), quality.Row("grid", c, setup, c, "flow"), 0)
+            for c in ("masking", "sincos", "none")}
+    assert cost["masking"] == {"descriptor": "train/s/descriptor", "condition": "train/s/condition",
+                               "density": "train/s/density/masking_flow"}
+    assert cost["sincos"] == {"descriptor": "train/s/descriptor", "density": "train/s/density/sincos_flow"}
+    assert set(cost["none"]) == {"descriptor", "density"}
+
+
 def test_cells_show_the_mean_and_half_the_range_over_seeds():
     assert report.mean_spread([0.5, 0.7]) == pytest.approx((0.6, 0.1))
     assert report.cell([0.5, 0.7]) == "0.600 ± 0.100"
