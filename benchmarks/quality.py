@@ -564,7 +564,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "plans_json": str(campaign.base_pre_root / campaign.raw_dir.name / f"{BASE_PLANS}.json"),
         "base_iterations": list(args.base_iterations), "demo_iterations": DEMO_ITERATIONS, "threads": args.threads,
         "num_processes": args.num_processes, "seeds": args.seeds, "protocols": args.protocols,
-        "config_scale": args.config_scale, "step_size": args.step_size, "data_seed": args.data_seed,
+        "step_size": args.step_size, "data_seed": args.data_seed,
         "reused_demo": str(args.reuse_demo) if args.reuse_demo else None}
     manifest_file = campaign.work_dir / "campaign.json"
     earlier = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}

@@ -101,6 +101,11 @@ class Figures:
 
 
 # ---------------------------------------------------------------------------------------------------- tables
+def stage_steps(iterations: Sequence[int]) -> str:
+    """Optimizer steps of descriptor / condition / density, as the tables write them."""
+    return " / ".join(map(str, iterations))
+
+
 def metric_cells(fig: Figures, row: Mapping[str, Any], protocol: str) -> List[str]:
     summaries = fig.summaries(row, protocol)
     return [str(len(summaries))] + [cell(fig.metric(summaries, m)) for m in METRICS]
@@ -133,8 +138,8 @@ def table_configs(fig: Figures, protocol: str) -> str:
         plan = fig.ledger.get(f"plan/{row['plans']}")
         plan_text = "shared" if not row["plans"].endswith(f"_{row['config']}") else \
             common.fmt(None if plan is None else plan["cpu_s"] / 60, 1)
-        steps = " / ".join(map(str, row["iterations"]))  # rows of several invocations may have other budgets
-        lines.append(f"| {row['label']} | {row['description']} | {steps} | {plan_text} | " +
+        # rows of several invocations may have other budgets
+        lines.append(f"| {row['label']} | {row['description']} | {stage_steps(row['iterations'])} | {plan_text} | " +
                      " | ".join(metric_cells(fig, row, protocol)) + f" | {cell(train, 1)} | {cell(predict, 1)} |")
     return "\n".join(lines)
 
@@ -151,7 +156,7 @@ def table_scaling(fig: Figures, protocol: str) -> str:
     for row in rows:
         train, predict = fig.train_and_predict(row)
         nodule = fig.metric(fig.summaries(row, protocol), "auroc", NODULE_KIND)
-        lines.append(f"| {row['label']} | {' / '.join(map(str, row['iterations']))} | " +
+        lines.append(f"| {row['label']} | {stage_steps(row['iterations'])} | " +
                      " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(nodule)} | {cell(floor)} | {cell(train, 1)} | {cell(predict, 1)} |")
     return "\n".join(lines)
@@ -242,7 +247,7 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
         f"{machine['nnunetv2']}, Python {machine['python']} ({machine['os']})",
         commands(c),
         f"- Dataset: {dataset_description(fig)}",
-        f"- Budget: 1x = {' / '.join(map(str, c['base_iterations']))} optimizer steps of descriptor / condition / "
+        f"- Budget: 1x = {stage_steps(c['base_iterations'])} optimizer steps of descriptor / condition / "
         f"density (nnScreener_demo's default budget: {c['demo_iterations']}); one child process at a time with "
         f"OMP_NUM_THREADS={c['threads']}; CPU minutes = user + system time of the step's process and its workers "
         f"(--num_processes {c['num_processes']})",
