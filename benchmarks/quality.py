@@ -286,6 +286,37 @@ class Campaign:
                                  f"preset with this row's arguments: {'; '.join(differences[:5])}. Use a fresh "
                                  f"--work_dir, or a configuration that sets these fields.")
 
+    def stage_setups(self, setup: Setup) -> Dict[str, Setup]:
+        """The setup whose trained model each Screener stage of ``setup`` uses: its own, or another configuration's
+        where ``models_of``, ``ssl_of`` or ``condition_of`` share them (followed to the setup that trains them)."""
+        spec = CONFIGS[setup.config]
+        if spec.models_of:
+            return self.stage_setups(self.setup(spec.models_of, setup.scale))
+
+        def owner(of: str, stage: str) -> Setup:
+            return self.stage_setups(self.setup(of, setup.scale))[stage] if of else setup
+
+        return {"descriptor": owner(spec.ssl_of, "descriptor"),
+                "condition": owner(spec.ssl_of or spec.condition_of, "condition"), "density": setup}
+
+    def same_as_default(self, row: Row) -> bool:
+        """Whether a configuration row measures exactly what the ``default`` row of its budget would: masking +
+        flow, every stage of its model chain resolving to the default setup's settings and plans, and no extra
+        prediction arguments. Such a row (e.g. ``intensity_hist8`` since the cpu preset adopted the histogram)
+        stands in for the default model in the scaling and baseline tables at a budget whose default row was not
+        run (quality_report.py)."""
+        if row.part != "configs" or row.method != stages.DEFAULT_METHOD or \
+                (row.condition, row.density) != DEFAULT_VARIANT or CONFIGS[row.setup.config].predict_args:
+            return False
+        reference = self.setup("default", row.setup.scale)
+        density_args = ["--condition", row.condition, "--density", row.density]
+        for stage, owner in self.stage_setups(row.setup).items():
+            extra = density_args if stage == "density" else []
+            if owner.plans != reference.plans or owner.iterations != reference.iterations or \
+                    self.resolved_config(owner, stage, extra) != self.resolved_config(reference, stage, extra):
+                return False
+        return True
+
     def baseline_variant(self, setup: Setup, baseline: Baseline) -> str:
         """The result-folder variant a baseline row of a setup trains (its trainer's ``variant_for``)."""
         stage = stages.method_stage(baseline.method).name
@@ -454,7 +485,8 @@ class Campaign:
             entry = {"part": row.part, "label": row.label, "setup": row.setup.name, "config": row.setup.config,
                      "description": CONFIGS[row.setup.config].description, "plans": row.setup.plans,
                      "iterations": list(row.setup.iterations), "variant": row.variant, "method": row.method,
-                     "steps": row.setup.iterations_of(row.stage), "seeds": {}}
+                     "steps": row.setup.iterations_of(row.stage), "same_as_default": self.same_as_default(row),
+                     "seeds": {}}
             for seed in self.args.seeds:
                 entry["seeds"][str(seed)] = self.attempt(lambda: self.run_row(row, seed), f"{row.label}, seed {seed}")
             table_rows.append(entry)

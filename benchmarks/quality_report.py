@@ -144,8 +144,27 @@ def table_configs(fig: Figures, protocol: str) -> str:
     return "\n".join(lines)
 
 
+def budget(row: Mapping[str, Any], base_iterations: Sequence[int]) -> str:
+    """A row's budget as a multiple of the campaign's 1x steps, e.g. ``4x``."""
+    return f"{row['iterations'][0] / base_iterations[0]:g}x"
+
+
+def default_model_rows(fig: Figures, protocol: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """The default model by budget, as ``(budget label, row)`` in budget order: the rows of part scaling, and at a
+    budget where no scaling row has figures, a configuration row that quality.py found to have the default's
+    settings (``same_as_default``, e.g. ``intensity_hist8`` since the cpu preset adopted the histogram)."""
+    named = [(row["label"], row) for row in fig.rows("scaling")]
+    measured = {tuple(row["iterations"]) for row in fig.rows("scaling") if fig.summaries(row, protocol)}
+    for row in fig.rows("configs"):
+        if row.get("same_as_default") and fig.summaries(row, protocol) and tuple(row["iterations"]) not in measured:
+            measured.add(tuple(row["iterations"]))
+            label = f"{budget(row, fig.campaign['base_iterations'])} (configuration {row['label']}, the same settings)"
+            named.append((label, row))
+    return sorted(named, key=lambda item: sum(item[1]["iterations"]))
+
+
 def table_scaling(fig: Figures, protocol: str) -> str:
-    rows = fig.rows("scaling")
+    rows = default_model_rows(fig, protocol)
     if not rows:
         return "_part `scaling` not run_"
     floors = [r for r in fig.rows("floors") if r["label"].startswith("intensity")]
@@ -153,18 +172,18 @@ def table_scaling(fig: Figures, protocol: str) -> str:
     lines = [f"| budget | steps: descriptor / condition / density | n | {METRIC_COLUMNS} | "
              f"{NODULE_KIND} AUROC | intensity floor, {NODULE_KIND} | train CPU min | predict CPU min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
+    for label, row in rows:
         train, predict = fig.train_and_predict(row)
         nodule = fig.metric(fig.summaries(row, protocol), "auroc", NODULE_KIND)
-        lines.append(f"| {row['label']} | {stage_steps(row['iterations'])} | " +
+        lines.append(f"| {label} | {stage_steps(row['iterations'])} | " +
                      " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(nodule)} | {cell(floor)} | {cell(train, 1)} | {cell(predict, 1)} |")
     return "\n".join(lines)
 
 
-#: The per-kind tables: metric and title.
-PER_KIND = (("auroc", "Voxel AUROC per lesion kind (against normal voxels anywhere in the body):"),
-            ("local_auroc", f"Local AUROC per lesion kind (each lesion against the normal tissue "
+#: The per-kind tables: metric, its name and the table's title.
+PER_KIND = (("auroc", "voxel AUROC", "Voxel AUROC per lesion kind (against normal voxels anywhere in the body):"),
+            ("local_auroc", "local AUROC", f"Local AUROC per lesion kind (each lesion against the normal tissue "
                             f"{RING_MM[0]:g}-{RING_MM[1]:g} mm around it; the same under both protocols):"))
 
 
@@ -174,7 +193,7 @@ def per_kind_table(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], 
     if not kinds:
         return []
     lines: List[str] = []
-    for metric, title in PER_KIND:
+    for metric, _, title in PER_KIND:
         lines += ["", title, "", "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for name, row in rows:
             summaries = fig.summaries(row, protocol)
@@ -186,17 +205,55 @@ def table_baselines(fig: Figures, protocol: str) -> str:
     """The baselines beside the default model (part scaling) at the same budgets, and the floors."""
     if not fig.rows("baselines"):
         return "_part `baselines` not run_"
-    named = [(f"Screener (masking + flow) {r['label']}", r) for r in fig.rows("scaling")]
-    named += [(r["label"], r) for r in fig.rows("baselines")] + [(r["label"], r) for r in fig.rows("floors")]
+    screener = [(f"Screener (masking + flow) {label}", r) for label, r in default_model_rows(fig, protocol)]
+    named = screener + [(r["label"], r) for r in fig.rows("baselines")] + [(r["label"], r) for r in fig.rows("floors")]
     lines = [f"| method | optimizer steps | n | {METRIC_COLUMNS} | train CPU min | predict CPU min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in named:
         train, predict = fig.train_and_predict(row)
-        steps = {"floors": "-", "scaling": " + ".join(map(str, row.get("iterations", [])))}.get(
-            row["part"], str(row.get("steps", "-")))
+        steps = "-" if row["part"] == "floors" else " + ".join(map(str, row["iterations"])) \
+            if row.get("method") == stages.DEFAULT_METHOD else str(row.get("steps", "-"))
         lines.append(f"| {name} | {steps} | " + " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(train, 1)} | {cell(predict, 1)} |")
-    return "\n".join(lines + per_kind_table(fig, named, protocol))
+    trained = [("Screener", r) for _, r in screener]
+    trained += [(r["label"].rsplit(" ", 1)[0], r) for r in fig.rows("baselines")]  # "baseline_ae 4x" -> baseline_ae
+    return "\n".join(lines + per_kind_table(fig, named, protocol) + best_per_kind(fig, trained, protocol))
+
+
+def best_per_kind(fig: Figures, methods: Sequence[Tuple[str, Mapping[str, Any]]], protocol: str) -> List[str]:
+    """Per budget and lesion kind, the trained method with the highest mean over its seeds, for the voxel and the
+    local AUROC; a ``*`` marks a winner above the intensity floor. ``methods``: ``(method name, row)``, the
+    rows of one budget sharing their ``iterations``. [] when no summary has kinds."""
+    kinds = fig.kinds(protocol)
+    floors = [r for r in fig.rows("floors") if r["label"].startswith("intensity")]
+    floor = fig.summaries(floors[0], protocol) if floors else []
+    budgets: Dict[Tuple[int, ...], List[Tuple[str, Mapping[str, Any]]]] = {}
+    for name, row in methods:
+        budgets.setdefault(tuple(row["iterations"]), []).append((name, row))
+    if not kinds or not budgets:
+        return []
+    lines: List[str] = []
+    for metric, metric_name, _ in PER_KIND:
+        lines += ["", f"Best trained method per lesion kind and budget, {metric_name} (mean over the seeds; * "
+                      "above the intensity floor):", "",
+                  "| budget | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for iterations, rows in sorted(budgets.items(), key=lambda item: sum(item[0])):
+            cells = [winner_cell(fig, rows, protocol, metric, kind, floor) for kind in kinds]
+            lines.append(f"| {budget(rows[0][1], fig.campaign['base_iterations'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def winner_cell(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], protocol: str, metric: str, kind: str,
+                floor: Sequence[Mapping[str, Any]]) -> str:
+    """``name value`` of the ``(name, row)`` with the highest mean ``metric`` on lesion kind ``kind``, `` *`` when
+    it is above the intensity floor's (``floor``: its summaries); ``-`` when no row has the figure."""
+    means = [(mean_spread(fig.metric(fig.summaries(row, protocol), metric, kind))[0], name) for name, row in rows]
+    means = [(value, name) for value, name in means if value is not None]
+    if not means:
+        return "-"
+    value, winner = max(means)
+    bar = mean_spread(fig.metric(floor, metric, kind))[0]
+    return f"{winner} {value:.3f}" + (" *" if bar is not None and value > bar else "")
 
 
 def table_steps(fig: Figures) -> str:

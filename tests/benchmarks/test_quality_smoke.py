@@ -173,6 +173,62 @@ def test_a_screener_row_counts_the_condition_model_only_when_it_uses_it():
     assert set(cost["none"]) == {"descriptor", "density"}
 
 
+def test_a_configuration_row_is_the_default_model_only_when_every_stage_resolves_to_its_settings(monkeypatch, tmp_path):
+    from quality_configs import ConfigSpec
+
+    blocks = quality.get_preset(quality.BASE_PRESET).density.flow_blocks
+    density = lambda value: {"density": ("--set", f"density.flow_blocks={value}")}  # noqa: E731
+    monkeypatch.setitem(quality.CONFIGS, "restated", ConfigSpec("d", stage_args=density(blocks), ssl_of="default"))
+    monkeypatch.setitem(quality.CONFIGS, "changed", ConfigSpec("d", stage_args=density(blocks + 1), ssl_of="default"))
+    monkeypatch.setitem(quality.CONFIGS, "rescored", ConfigSpec("d", models_of="restated",
+                                                                predict_args=("--score", "latent")))
+    monkeypatch.setitem(quality.CONFIGS, "linked", ConfigSpec("d", models_of="restated"))
+    monkeypatch.setitem(quality.CONFIGS, "own_descriptor", ConfigSpec(
+        "d", stage_args={"descriptor": ("--set", "ssl.augmentation.p_gamma=0")}, condition_of="default"))
+    campaign = quality.Campaign.__new__(quality.Campaign)  # no dataset needed: settings only
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path), "--train_set", "ssl.batch_size=2"])
+
+    def same(config, scale=4, part="configs", variant=quality.DEFAULT_VARIANT):
+        return campaign.same_as_default(quality.Row(part, config, campaign.setup(config, scale), *variant))
+
+    assert same("restated") and same("restated", scale=1) and same("linked") and same("default")
+    assert not same("changed") and not same("rescored") and not same("own_descriptor")
+    assert not same("restated", variant=("masking", "gaussian")) and not same("default", part="scaling")
+    assert campaign.stage_setups(campaign.setup("linked", 4))["descriptor"].config == "default"
+
+
+def test_tables_show_the_default_model_by_budget_and_the_best_trained_method_per_kind(tmp_path):
+    """A budget without a measured scaling row takes a configuration row with the default's settings; Table 4
+    names the best trained method per kind and budget, starred when above the intensity floor."""
+    def row(part, label, iterations, nodule, same=False, method="screener"):
+        summary = tmp_path / f"{part}_{label}.json"
+        summary.write_text(json.dumps({"dataset": {"auroc": nodule},
+                                       "per_kind": {"solid_lung_nodule": {"auroc": nodule}}}))
+        return {"part": part, "label": label, "setup": f"{label}_{iterations[0]}", "config": label, "plans": "p",
+                "iterations": iterations, "method": method, "steps": sum(iterations), "same_as_default": same,
+                "seeds": {"0": {"cost": {}, "summaries": {"all": str(summary)}}}}
+
+    x1, x4 = [2, 2, 3], [8, 8, 12]
+    rows = [row("scaling", "1x", x1, 0.60), row("configs", "hist", x1, 0.99, same=True),
+            row("configs", "hist", x4, 0.64, same=True), row("configs", "other", x4, 0.99),
+            row("baselines", "baseline_ae 1x", x1, 0.75, method="baseline_ae"),
+            row("baselines", "baseline_ae 4x", x4, 0.62, method="baseline_ae"),
+            row("floors", "intensity floor", [0], 0.70)]
+    (tmp_path / "campaign.json").write_text(json.dumps({"rows": rows, "base_iterations": x1,
+                                                        "command": [], "protocols": ["all"]}))
+    figures = report.Figures(tmp_path)
+
+    assert [label for label, _ in report.default_model_rows(figures, "all")] == \
+        ["1x", "4x (configuration hist, the same settings)"]
+    scaling = report.table_scaling(figures, "all").splitlines()
+    assert scaling[2].startswith("| 1x | 2 / 2 / 3 | 1 | 0.600 |")
+    assert scaling[3].startswith("| 4x (configuration hist, the same settings) | 8 / 8 / 12 | 1 | 0.640 |")
+    baselines = report.table_baselines(figures, "all")
+    assert "| Screener (masking + flow) 4x (configuration hist, the same settings) | 8 + 8 + 12 | 1 | 0.640 |" \
+        in baselines and "| baseline_ae 4x | 28 | 1 | 0.620 |" in baselines
+    assert "| 1x | baseline_ae 0.750 * |" in baselines and "| 4x | Screener 0.640 |" in baselines
+
+
 def test_cells_show_the_mean_and_half_the_range_over_seeds():
     assert report.mean_spread([0.5, 0.7]) == pytest.approx((0.6, 0.1))
     assert report.cell([0.5, 0.7]) == "0.600 ± 0.100"
