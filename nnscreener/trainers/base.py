@@ -65,7 +65,8 @@ class NonFiniteLossError(ScreenerError):
     """Training produced a NaN / inf loss or gradient; it stopped without saving."""
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module a DDP wrapper holds (the module itself when not wrapped)."""
     return module.module if isinstance(module, DDP) else module
 
 
@@ -443,8 +444,8 @@ def checkpoint_of(trainer: ScreenerTrainerBase) -> Dict[str, Any]:
     """Everything a stage checkpoint holds (keys: :mod:`nnscreener.checkpoints`), all ``weights_only``-loadable."""
     scaler = trainer.grad_scaler
     return {
-        "network_weights": _unwrap(trainer.network).state_dict(),
-        **{f"{name}_weights": _unwrap(m).state_dict() for name, m in trainer.extra_modules.items()},
+        "network_weights": unwrap(trainer.network).state_dict(),
+        **{f"{name}_weights": unwrap(m).state_dict() for name, m in trainer.extra_modules.items()},
         "optimizer_state": trainer.optimizer.state_dict(),
         "lr_scheduler_state": trainer.lr_scheduler.state_dict(),
         "grad_scaler_state": scaler.state_dict() if scaler is not None else None,
@@ -464,9 +465,9 @@ def checkpoint_of(trainer: ScreenerTrainerBase) -> Dict[str, Any]:
 
 def restore_checkpoint(trainer: ScreenerTrainerBase, checkpoint: Mapping[str, Any]) -> None:
     """Loads a checkpoint's weights, optimizer, scheduler, scaler, logger, epoch and iteration into ``trainer``."""
-    _unwrap(trainer.network).load_state_dict(_strip_module_prefix(checkpoint["network_weights"]))
+    unwrap(trainer.network).load_state_dict(_strip_module_prefix(checkpoint["network_weights"]))
     for name, module in trainer.extra_modules.items():
-        _unwrap(module).load_state_dict(_strip_module_prefix(checkpoint[f"{name}_weights"]))
+        unwrap(module).load_state_dict(_strip_module_prefix(checkpoint[f"{name}_weights"]))
     trainer.optimizer.load_state_dict(checkpoint["optimizer_state"])
     trainer.lr_scheduler.load_state_dict(checkpoint["lr_scheduler_state"])
     if trainer.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:

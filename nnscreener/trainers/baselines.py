@@ -29,7 +29,7 @@ from nnscreener.baselines.autoencoder import build_autoencoder_model, reconstruc
 from nnscreener.baselines.blend_regression import blend_factor_loss, build_blend_model
 from nnscreener.baselines.draem import build_draem_model, focal_loss, ssim3d
 from nnscreener.config import ScreenerConfig
-from nnscreener.trainers.base import ScreenerTrainerBase
+from nnscreener.trainers.base import ScreenerTrainerBase, unwrap
 
 
 class _BaselineTrainer(ScreenerTrainerBase):
@@ -87,8 +87,10 @@ class SyntheticAnomalyTrainer(_BaselineTrainer):
                                              self.num_loader_workers(), seed, pin_memory=self.device.type == "cuda")
 
     def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Binary cross-entropy of the predicted blending factor ('image', 'target' (B, 1, Z, Y, X))."""
+        """Binary cross-entropy of the predicted blending factor ('image', 'target' (B, 1, Z, Y, X)); the first
+        batch of a new model also sets its output bias to the anomaly prior (blend_regression.py)."""
         target = self.image(batch, "target")
+        unwrap(self.network).initialize_once_from(target)
         logits = self.network(self.image(batch))
         with torch.no_grad():
             error = (torch.sigmoid(logits.float()) - target).abs()

@@ -31,7 +31,7 @@ from nnscreener.config import ScreenerConfig
 from nnscreener.distill.cache import TargetCache
 from nnscreener.distill.student import MAP_CHANNEL, build_student, load_student_plans
 from nnscreener.plans import ScreenerPlans
-from nnscreener.trainers.base import ScreenerTrainerBase, _unwrap
+from nnscreener.trainers.base import ScreenerTrainerBase, unwrap
 
 
 def masked_mse(output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,7 @@ class DistillTrainer(ScreenerTrainerBase):
         super().on_train_end()
         if self.local_rank == 0:
             path = Path(self.output_folder) / checkpoints.PRETRAINED_WEIGHTS
-            checkpoints.save_pretrained_weights(_unwrap(self.network).state_dict(), path, {
+            checkpoints.save_pretrained_weights(unwrap(self.network).state_dict(), path, {
                 "stage": self.stage, "plans": self.plans_manager.plans_name, "teacher": self.variant,
                 "targets": self.screener_config.distill.targets, "iteration": self.iteration})
             self.print_to_log_file(f"weights for nnUNetv2_train -pretrained_weights: {path}")
