@@ -94,6 +94,10 @@ class Ledger:
         self.records[step] = {**values, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         write_json(self.path, self.records)
 
+    def forget(self, step: str) -> None:
+        self.records.pop(step, None)
+        write_json(self.path, self.records)
+
 
 def write_json(path: Path, data: Any) -> None:
     """Writes JSON atomically (a kill never leaves half a file)."""

@@ -348,7 +348,9 @@ class Campaign:
         folder = self.stage_dir(setup, seed, stage, variant)
         schedule = ["--num_iterations", str(setup.iterations_of(stage)), "--set", f"seed={seed}"]
         self.check_config(setup, stage, folder, [*schedule, *extra])
-        if (folder / FINAL_CHECKPOINT).is_file():
+        final = folder / FINAL_CHECKPOINT
+        if final.is_file():
+            self.forget_cost_of_another_model(step_id, final)
             return step_id
         resumed = (folder / LATEST_CHECKPOINT).is_file()
         argv = [str(self.args.dataset_id), stage, "-p", setup.plans, "-device", "cpu", *schedule,
@@ -356,7 +358,19 @@ class Campaign:
         self.step(step_id, common.cli_argv("nnscreener.cli.train", *argv, *(["--c"] if resumed else [])),
                   self.env(setup.plans, self.results_root(setup, seed)), iterations=setup.iterations_of(stage),
                   resumed=resumed)
+        self.ledger.record(step_id, **{**self.ledger.get(step_id), "model": common.file_fingerprint(final)})
         return step_id
+
+    def forget_cost_of_another_model(self, step_id: str, final: Path) -> None:
+        """Drops a finished stage's ledger record when it was measured for another model than the one in its folder
+        now (a folder replaced by hand): the tables then show its CPU as not measured instead of another run's.
+        Records written before the ledger kept the model's fingerprint (``model``) are trusted as they are."""
+        record = self.ledger.get(step_id)
+        if record is not None and record.get("model", common.file_fingerprint(final)) != \
+                common.file_fingerprint(final):
+            print(f"[note] {step_id}: {final} is not the model this step's timing was measured for; its CPU "
+                  f"minutes are dropped from the ledger", flush=True)
+            self.ledger.forget(step_id)
 
     def ssl(self, setup: Setup, seed: int) -> List[str]:
         """Descriptor and condition of a setup and seed (random ones for the untrained control)."""

@@ -92,6 +92,11 @@ class Figures:
         as prediction)."""
         return self.cpu_minutes(row, TRAIN_STEPS), self.cpu_minutes(row, ["predict", "floor"])
 
+    def intensity_floor(self, protocol: str) -> List[Dict[str, Any]]:
+        """The intensity floor's summaries under ``protocol`` ([] when part floors was not run)."""
+        floors = [r for r in self.rows("floors") if r["label"].startswith("intensity")]
+        return self.summaries(floors[0], protocol) if floors else []
+
     def kinds(self, protocol: str) -> List[str]:
         found: Dict[str, None] = {}
         for row in self.campaign["rows"]:
@@ -167,8 +172,7 @@ def table_scaling(fig: Figures, protocol: str) -> str:
     rows = default_model_rows(fig, protocol)
     if not rows:
         return "_part `scaling` not run_"
-    floors = [r for r in fig.rows("floors") if r["label"].startswith("intensity")]
-    floor = fig.metric(fig.summaries(floors[0], protocol), "auroc", NODULE_KIND) if floors else []
+    floor = fig.metric(fig.intensity_floor(protocol), "auroc", NODULE_KIND)
     lines = [f"| budget | steps: descriptor / condition / density | n | {METRIC_COLUMNS} | "
              f"{NODULE_KIND} AUROC | intensity floor, {NODULE_KIND} | train CPU min | predict CPU min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -202,7 +206,8 @@ def per_kind_table(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], 
 
 
 def table_baselines(fig: Figures, protocol: str) -> str:
-    """The baselines beside the default model (part scaling) at the same budgets, and the floors."""
+    """The baselines beside the default model (:func:`default_model_rows`) at the same budgets, the floors, and the
+    best trained method per lesion kind and budget."""
     if not fig.rows("baselines"):
         return "_part `baselines` not run_"
     screener = [(f"Screener (masking + flow) {label}", r) for label, r in default_model_rows(fig, protocol)]
@@ -211,8 +216,12 @@ def table_baselines(fig: Figures, protocol: str) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in named:
         train, predict = fig.train_and_predict(row)
-        steps = "-" if row["part"] == "floors" else " + ".join(map(str, row["iterations"])) \
-            if row.get("method") == stages.DEFAULT_METHOD else str(row.get("steps", "-"))
+        if row["part"] == "floors":
+            steps = "-"
+        elif row.get("method") == stages.DEFAULT_METHOD:  # the three stages' steps
+            steps = " + ".join(map(str, row["iterations"]))
+        else:
+            steps = str(row.get("steps", "-"))
         lines.append(f"| {name} | {steps} | " + " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(train, 1)} | {cell(predict, 1)} |")
     trained = [("Screener", r) for _, r in screener]
@@ -224,9 +233,7 @@ def best_per_kind(fig: Figures, methods: Sequence[Tuple[str, Mapping[str, Any]]]
     """Per budget and lesion kind, the trained method with the highest mean over its seeds, for the voxel and the
     local AUROC; a ``*`` marks a winner above the intensity floor. ``methods``: ``(method name, row)``, the
     rows of one budget sharing their ``iterations``. [] when no summary has kinds."""
-    kinds = fig.kinds(protocol)
-    floors = [r for r in fig.rows("floors") if r["label"].startswith("intensity")]
-    floor = fig.summaries(floors[0], protocol) if floors else []
+    kinds, floor = fig.kinds(protocol), fig.intensity_floor(protocol)
     budgets: Dict[Tuple[int, ...], List[Tuple[str, Mapping[str, Any]]]] = {}
     for name, row in methods:
         budgets.setdefault(tuple(row["iterations"]), []).append((name, row))

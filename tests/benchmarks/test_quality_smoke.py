@@ -48,6 +48,9 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
         for stage in ("descriptor", "condition", "density/masking_flow"):
             record = ledger[f"train/default_it2/seed{seed}/{stage}"]
             assert record["cpu_s"] > 0 and record["wall_s"] > 0 and record["iterations"] == 2
+            assert record["model"] == common.file_fingerprint(
+                next((work / "results/default_it2" / f"seed{seed}").glob(f"*/{stage.split('/')[0]}__*/"
+                                                                          "checkpoint_final.pth")))
         assert f"evaluate/all/default_it2/seed{seed}/masking_flow" in ledger
         density = work / "results/default_it2" / f"seed{seed}"
         config = json.loads(next(density.glob("*/density__masking_flow__*/config.json")).read_text())
@@ -227,6 +230,30 @@ def test_tables_show_the_default_model_by_budget_and_the_best_trained_method_per
     assert "| Screener (masking + flow) 4x (configuration hist, the same settings) | 8 + 8 + 12 | 1 | 0.640 |" \
         in baselines and "| baseline_ae 4x | 28 | 1 | 0.620 |" in baselines
     assert "| 1x | baseline_ae 0.750 * |" in baselines and "| 4x | Screener 0.640 |" in baselines
+
+
+def test_a_finished_stage_keeps_its_cost_only_while_its_folder_holds_the_model_it_was_measured_for(tmp_path):
+    campaign = quality.Campaign.__new__(quality.Campaign)  # the ledger logic alone: no dataset, no training
+    campaign.ledger = common.Ledger(tmp_path / "ledger.json")
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path)])
+    folder = tmp_path / "descriptor"
+    folder.mkdir()
+    final = folder / quality.FINAL_CHECKPOINT
+    final.write_bytes(b"model A")
+    campaign.stage_dir = lambda *args: folder
+    campaign.check_config = lambda *args: None
+    setup = quality.Setup("s", "default", "nnScreenerPlans_cpu", (2, 2, 3))
+    campaign.ledger.record("train/s/seed0/descriptor", cpu_s=60.0, model=common.file_fingerprint(final))
+    campaign.ledger.record("train/s/seed1/descriptor", cpu_s=60.0)  # written before fingerprints: trusted
+
+    assert campaign.train(setup, 0, "descriptor", "v") == "train/s/seed0/descriptor"
+    assert campaign.train(setup, 1, "descriptor", "v") == "train/s/seed1/descriptor"
+    assert campaign.ledger.get("train/s/seed0/descriptor")["cpu_s"] == 60.0
+    final.write_bytes(b"model B, put here by hand")
+    campaign.train(setup, 0, "descriptor", "v")
+    assert campaign.ledger.get("train/s/seed0/descriptor") is None
+    assert "train/s/seed0/descriptor" not in json.loads((tmp_path / "ledger.json").read_text())
+    assert campaign.ledger.get("train/s/seed1/descriptor")["cpu_s"] == 60.0
 
 
 def test_cells_show_the_mean_and_half_the_range_over_seeds():
