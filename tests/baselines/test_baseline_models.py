@@ -82,15 +82,20 @@ def test_blend_model_scores_are_probabilities_of_the_planned_unet(plans):
     np.testing.assert_allclose(score.numpy(), torch.sigmoid(model(x)).detach().numpy(), rtol=1e-6)
 
 
-def test_blend_model_starts_at_the_first_batchs_anomaly_prior_once_and_never_after_loading(plans):
+@pytest.mark.parametrize("builder", ["blend", "draem"])
+def test_output_starts_at_the_first_batchs_anomaly_prior_once_and_never_after_loading(plans, builder):
+    from nnscreener.baselines.draem import build_draem_model
+
+    build, unet = {"blend": (build_blend_model, "unet"), "draem": (build_draem_model, "discriminative")}[builder]
+
     def output_bias(model):
-        return float(model.unet.decoder.seg_layers[-1].bias.detach()[0])
+        return float(getattr(model, unet).decoder.seg_layers[-1].bias.detach()[0])
 
     def logit(p):
         return float(np.log(p / (1 - p)))
 
     torch.manual_seed(0)
-    model = build_blend_model(plans)
+    model = build(plans)
     target = torch.zeros(2, 1, 16, 24, 24)
     target[0, 0, :4, :6, :6] = 0.8  # 0.8 x 144 / 18432 voxels: prior 0.00625
 
@@ -98,11 +103,11 @@ def test_blend_model_starts_at_the_first_batchs_anomaly_prior_once_and_never_aft
     assert output_bias(model) == pytest.approx(logit(0.00625), rel=1e-5)
     model.initialize_once_from(torch.full_like(target, 0.3))  # later batches leave it
     assert output_bias(model) == pytest.approx(logit(0.00625), rel=1e-5)
-    untrained = build_blend_model(plans)
+    untrained = build(plans)
     untrained.initialize_once_from(torch.zeros_like(target))  # a batch without anomalies: the smallest prior
     assert output_bias(untrained) == pytest.approx(logit(1e-3), rel=1e-5)
 
-    loaded = build_blend_model(plans)
+    loaded = build(plans)
     loaded.load_state_dict({k: v for k, v in model.state_dict().items() if k != "initialized"})  # an older file
     loaded.initialize_once_from(torch.full_like(target, 0.3))
     assert output_bias(loaded) == output_bias(model)
