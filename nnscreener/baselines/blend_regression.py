@@ -6,9 +6,12 @@ voxel; training minimises the binary cross-entropy against the soft target (the 
 the anomaly), whose minimiser per voxel is sigmoid(logit) = the expected target. Score: sigmoid(logit), the
 predicted blending factor in [0, 1].
 
-The output bias starts at the anomaly prior: it is set, on the first training batch, to the logit of that batch's
-mean target (:func:`~nnscreener.baselines.common.start_output_at_prior`, a correction for short schedules); a loaded
-checkpoint is never re-initialised.
+Prior initialisation (a correction for short schedules, as RetinaNet's, Lin et al. 2017): anomalies cover ~0.7% of
+a training patch at the cpu preset, so a UNet whose output starts at sigmoid(0) = 0.5 spends its first thousand
+AdamW steps only learning that prior (its output bias moves ~lr per step), and after 2400 steps it still ranked its
+own training anomalies at chance (docs/method-notes.md 6). The output bias is therefore set, on the first training
+batch, to the logit of that batch's mean target (:meth:`BlendRegressionModel.initialize_from`); a loaded checkpoint
+is never re-initialised.
 """
 from __future__ import annotations
 
@@ -19,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnscreener.baselines.common import load_baseline_model, planned_unet, start_output_at_prior
+from nnscreener.baselines.common import load_baseline_model, planned_unet
 from nnscreener.checkpoints import FINAL_CHECKPOINT
-from nnscreener.density.data_init import DataInitialized
+from nnscreener.density.data_init import DataInitialized, channel_mean_and_variance
 from nnscreener.plans import ScreenerPlans
 
 STAGE = "baseline_synthetic"
+#: Range of the prior the output bias starts at (a first batch without anomalies must not start at logit -inf).
+PRIOR_RANGE = (1e-3, 0.5)
 
 
 def blend_factor_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -44,9 +49,12 @@ class BlendRegressionModel(DataInitialized):
         super().__init__()
         self.unet = unet
 
+    @torch.no_grad()
     def initialize_from(self, target: torch.Tensor) -> None:
-        """Starts the output at the anomaly prior of a (B, 1, Z, Y, X) target batch (instead of at 0.5)."""
-        start_output_at_prior(self.unet, target)
+        """Sets the output bias to the logit of the mean of a (B, 1, Z, Y, X) target batch (averaged over DDP
+        ranks), clamped to :data:`PRIOR_RANGE`, so training starts at the anomaly prior instead of at 0.5."""
+        prior = channel_mean_and_variance(target)[0].clamp(*PRIOR_RANGE)
+        self.unet.decoder.seg_layers[-1].bias.copy_(torch.logit(prior))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, Z, Y, X) in [0, 1] -> (B, 1, Z, Y, X) logits."""

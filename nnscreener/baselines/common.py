@@ -1,5 +1,4 @@
-"""What the baselines share: the plans' UNet built by nnU-Net, its output started at the anomaly prior, and loading
-a baseline's result folder.
+"""What the baselines share: the plans' UNet built by nnU-Net, and loading a baseline's result folder.
 
 A baseline's scoring model (docs/design.md C9) is a module with ``anomaly_map(x, origin_zyx) -> (B, 1, Z, Y, X)``
 (higher = more anomalous, at the patch's resolution); its checkpoint (docs/design.md C6, owned by
@@ -16,11 +15,7 @@ from torch import nn
 
 from nnscreener.checkpoints import FINAL_CHECKPOINT, load_stage_checkpoint, trained_checkpoint
 from nnscreener.config import ScreenerConfig
-from nnscreener.density.data_init import channel_mean_and_variance
 from nnscreener.plans import ScreenerPlans, load_plans_file
-
-#: Range of the prior an output bias starts at (a first batch without anomalies must not start at logit -inf).
-PRIOR_RANGE = (1e-3, 0.5)
 
 
 def planned_unet(plans: ScreenerPlans, in_channels: int, out_channels: int) -> nn.Module:
@@ -35,20 +30,6 @@ def planned_unet(plans: ScreenerPlans, in_channels: int, out_channels: int) -> n
                                   allow_init=True, deep_supervision=False)
     drop_unused_outputs(unet)
     return unet
-
-
-@torch.no_grad()
-def start_output_at_prior(unet: nn.Module, target: torch.Tensor) -> None:
-    """Sets the output bias of a :func:`planned_unet` with one output channel to the logit of the mean of a
-    (B, 1, Z, Y, X) target batch in [0, 1] (averaged over DDP ranks), clamped to :data:`PRIOR_RANGE`.
-
-    A correction for short schedules (RetinaNet's prior initialisation, Lin et al. 2017; docs/method-notes.md 6):
-    synthetic anomalies cover ~0.7% (``baseline_synthetic``) or ~8% (``baseline_draem``) of a cpu-preset patch, and
-    a UNet whose output starts at sigmoid(0) = 0.5 spends a short schedule learning that prior (its output bias
-    moves ~lr per AdamW step): such models ranked their own training anomalies at chance.
-    """
-    prior = channel_mean_and_variance(target)[0].clamp(*PRIOR_RANGE)
-    unet.decoder.seg_layers[-1].bias.copy_(torch.logit(prior))
 
 
 def drop_unused_outputs(unet: nn.Module) -> None:

@@ -6,9 +6,6 @@ spatial bottleneck, a decoder without skips) learns to restore the clean patch f
 discriminative network (the plans' UNet with 2 input channels, one output logit) sees (image, reconstruction) and
 segments the anomaly, trained with a binary focal loss. Score: the discriminative probability, smoothed by a mean
 filter of ``baseline_draem.score_window_mm`` mm per axis (an odd number of voxels, replicate padding), in [0, 1].
-The discriminative output starts at the anomaly prior of the first training batch
-(:func:`~nnscreener.baselines.common.start_output_at_prior`, a correction for short schedules); a loaded checkpoint
-is never re-initialised.
 """
 from __future__ import annotations
 
@@ -20,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnscreener.baselines.autoencoder import ConvAutoencoder
-from nnscreener.baselines.common import load_baseline_model, planned_unet, start_output_at_prior
+from nnscreener.baselines.common import load_baseline_model, planned_unet
 from nnscreener.checkpoints import FINAL_CHECKPOINT
-from nnscreener.density.data_init import DataInitialized
 from nnscreener.plans import ScreenerPlans
 
 STAGE = "baseline_draem"
@@ -65,7 +61,7 @@ def odd_window(window_mm: float, spacing_zyx_mm: Sequence[float]) -> Tuple[int, 
     return tuple(max(1, 2 * int(round((window_mm / float(s) - 1) / 2)) + 1) for s in spacing_zyx_mm)
 
 
-class DraemModel(DataInitialized):
+class DraemModel(nn.Module):
     """The ``baseline_draem`` scoring model (docs/design.md C9).
 
     Args:
@@ -80,10 +76,6 @@ class DraemModel(DataInitialized):
         self.reconstructive = reconstructive
         self.discriminative = discriminative
         self.window_voxels_zyx = tuple(int(w) for w in window_voxels_zyx)
-
-    def initialize_from(self, target: torch.Tensor) -> None:
-        """Starts the discriminative output at the anomaly prior of a (B, 1, Z, Y, X) {0, 1} target batch."""
-        start_output_at_prior(self.discriminative, target)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, Z, Y, X) in [0, 1] -> the reconstruction and the discriminative logits, both (B, 1, Z, Y, X)."""

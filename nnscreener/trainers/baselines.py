@@ -120,11 +120,9 @@ class DraemTrainer(_BaselineTrainer):
                                  pin_memory=self.device.type == "cuda")
 
     def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """L2 + (1 - SSIM) of the reconstruction against 'clean', plus the focal loss against 'target' (the region);
-        the first batch of a new model also starts the discriminative output at the anomaly prior (draem.py)."""
+        """L2 + (1 - SSIM) of the reconstruction against 'clean', plus the focal loss against 'target' (the region)."""
         cfg = self.screener_config.baseline_draem
         clean, target = self.image(batch, "clean"), self.image(batch, "target")
-        unwrap(self.network).initialize_once_from(target)
         reconstruction, logits = self.network(self.image(batch))
         l2 = (reconstruction.float() - clean).square().mean()
         ssim = ssim3d(reconstruction, clean, cfg.ssim_window)

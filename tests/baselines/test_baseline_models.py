@@ -82,20 +82,15 @@ def test_blend_model_scores_are_probabilities_of_the_planned_unet(plans):
     np.testing.assert_allclose(score.numpy(), torch.sigmoid(model(x)).detach().numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("builder", ["blend", "draem"])
-def test_output_starts_at_the_first_batchs_anomaly_prior_once_and_never_after_loading(plans, builder):
-    from nnscreener.baselines.draem import build_draem_model
-
-    build, unet = {"blend": (build_blend_model, "unet"), "draem": (build_draem_model, "discriminative")}[builder]
-
+def test_blend_model_starts_at_the_first_batchs_anomaly_prior_once_and_never_after_loading(plans):
     def output_bias(model):
-        return float(getattr(model, unet).decoder.seg_layers[-1].bias.detach()[0])
+        return float(model.unet.decoder.seg_layers[-1].bias.detach()[0])
 
     def logit(p):
         return float(np.log(p / (1 - p)))
 
     torch.manual_seed(0)
-    model = build(plans)
+    model = build_blend_model(plans)
     target = torch.zeros(2, 1, 16, 24, 24)
     target[0, 0, :4, :6, :6] = 0.8  # 0.8 x 144 / 18432 voxels: prior 0.00625
 
@@ -103,11 +98,11 @@ def test_output_starts_at_the_first_batchs_anomaly_prior_once_and_never_after_lo
     assert output_bias(model) == pytest.approx(logit(0.00625), rel=1e-5)
     model.initialize_once_from(torch.full_like(target, 0.3))  # later batches leave it
     assert output_bias(model) == pytest.approx(logit(0.00625), rel=1e-5)
-    untrained = build(plans)
+    untrained = build_blend_model(plans)
     untrained.initialize_once_from(torch.zeros_like(target))  # a batch without anomalies: the smallest prior
     assert output_bias(untrained) == pytest.approx(logit(1e-3), rel=1e-5)
 
-    loaded = build(plans)
+    loaded = build_blend_model(plans)
     loaded.load_state_dict({k: v for k, v in model.state_dict().items() if k != "initialized"})  # an older file
     loaded.initialize_once_from(torch.full_like(target, 0.3))
     assert output_bias(loaded) == output_bias(model)
