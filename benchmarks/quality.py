@@ -358,7 +358,9 @@ class Campaign:
         self.step(step_id, common.cli_argv("nnscreener.cli.train", *argv, *(["--c"] if resumed else [])),
                   self.env(setup.plans, self.results_root(setup, seed)), iterations=setup.iterations_of(stage),
                   resumed=resumed)
-        self.ledger.record(step_id, **{**self.ledger.get(step_id), "model": common.file_fingerprint(final)})
+        record = self.ledger.get(step_id)
+        if record is not None and final.is_file():  # the model this step's timing belongs to
+            self.ledger.record(step_id, **{**record, "model": common.file_fingerprint(final)})
         return step_id
 
     def forget_cost_of_another_model(self, step_id: str, final: Path) -> None:

@@ -149,8 +149,10 @@ def table_configs(fig: Figures, protocol: str) -> str:
     return "\n".join(lines)
 
 
-def budget(row: Mapping[str, Any], base_iterations: Sequence[int]) -> str:
-    """A row's budget as a multiple of the campaign's 1x steps, e.g. ``4x``."""
+def budget(row: Mapping[str, Any], base_iterations: Optional[Sequence[int]]) -> str:
+    """A row's budget as a multiple of the campaign's 1x steps, e.g. ``4x`` (``-`` when either is not recorded)."""
+    if not base_iterations or not row.get("iterations"):
+        return "-"
     return f"{row['iterations'][0] / base_iterations[0]:g}x"
 
 
@@ -163,7 +165,8 @@ def default_model_rows(fig: Figures, protocol: str) -> List[Tuple[str, Dict[str,
     for row in fig.rows("configs"):
         if row.get("same_as_default") and fig.summaries(row, protocol) and tuple(row["iterations"]) not in measured:
             measured.add(tuple(row["iterations"]))
-            label = f"{budget(row, fig.campaign['base_iterations'])} (configuration {row['label']}, the same settings)"
+            label = f"{budget(row, fig.campaign.get('base_iterations'))} (configuration {row['label']}, the same " \
+                    "settings)"
             named.append((label, row))
     return sorted(named, key=lambda item: sum(item[1]["iterations"]))
 
@@ -218,7 +221,7 @@ def table_baselines(fig: Figures, protocol: str) -> str:
         train, predict = fig.train_and_predict(row)
         if row["part"] == "floors":
             steps = "-"
-        elif row.get("method") == stages.DEFAULT_METHOD:  # the three stages' steps
+        elif row["part"] in ("scaling", "configs"):  # the default model (default_model_rows): its three stages
             steps = " + ".join(map(str, row["iterations"]))
         else:
             steps = str(row.get("steps", "-"))
@@ -236,7 +239,7 @@ def best_per_kind(fig: Figures, methods: Sequence[Tuple[str, Mapping[str, Any]]]
     kinds, floor = fig.kinds(protocol), fig.intensity_floor(protocol)
     budgets: Dict[Tuple[int, ...], List[Tuple[str, Mapping[str, Any]]]] = {}
     for name, row in methods:
-        budgets.setdefault(tuple(row["iterations"]), []).append((name, row))
+        budgets.setdefault(tuple(row.get("iterations", ())), []).append((name, row))
     if not kinds or not budgets:
         return []
     lines: List[str] = []
@@ -246,7 +249,7 @@ def best_per_kind(fig: Figures, methods: Sequence[Tuple[str, Mapping[str, Any]]]
                   "| budget | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
         for iterations, rows in sorted(budgets.items(), key=lambda item: sum(item[0])):
             cells = [winner_cell(fig, rows, protocol, metric, kind, floor) for kind in kinds]
-            lines.append(f"| {budget(rows[0][1], fig.campaign['base_iterations'])} | " + " | ".join(cells) + " |")
+            lines.append(f"| {budget(rows[0][1], fig.campaign.get('base_iterations'))} | " + " | ".join(cells) + " |")
     return lines
 
 
