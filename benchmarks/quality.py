@@ -367,9 +367,8 @@ class Campaign:
         """Drops a finished stage's ledger record when it was measured for another model than the one in its folder
         now (a folder replaced by hand): the tables then show its CPU as not measured instead of another run's.
         Records written before the ledger kept the model's fingerprint (``model``) are trusted as they are."""
-        record = self.ledger.get(step_id)
-        if record is not None and record.get("model", common.file_fingerprint(final)) != \
-                common.file_fingerprint(final):
+        record, model = self.ledger.get(step_id), common.file_fingerprint(final)
+        if record is not None and record.get("model", model) != model:
             print(f"[note] {step_id}: {final} is not the model this step's timing was measured for; its CPU "
                   f"minutes are dropped from the ledger", flush=True)
             self.ledger.forget(step_id)
