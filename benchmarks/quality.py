@@ -23,7 +23,10 @@ seed<N>/`` (one ``nnUNet_results`` root per setup and seed, e.g. ``default_it180
 finished step: timings, fingerprints) and ``campaign.json`` (the rows of the tables and where their figures are,
 accumulated over invocations: a later one adds its rows and replaces only the seeds it ran again).
 Re-running skips finished stages (``checkpoint_final.pth``), predictions and evaluations and resumes interrupted
-training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone. A stage whose
+training with ``--c``; ``quality_report.py --work_dir W`` rebuilds the tables from those files alone. Those files
+without the models also go to ``--figures`` (quality_archive.py; by default the repository's
+``benchmarks/figures/quality`` when the tables go into the repository's RESULTS.md), and a campaign imports them
+first: on a fresh machine its tables keep every earlier row, and a row run again is retrained there. A stage whose
 finished model (its ``config.json``) or whose plans differ from what its row means (today's cpu preset with the
 row's arguments) is refused with the differing fields (the row fails, the others run), so ``default`` never
 measures an older preset's models.
@@ -46,6 +49,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
+import quality_archive  # noqa: E402
 import quality_report  # noqa: E402
 from quality_configs import BASE_PRESET, CONFIGS  # noqa: E402
 from nnscreener import paths, stages  # noqa: E402
@@ -59,6 +63,7 @@ SSL_STAGES = ("descriptor", "condition")
 GRID = tuple((condition, density) for condition in ("none", "sincos", "masking") for density in ("gaussian", "flow"))
 DEFAULT_VARIANT = ("masking", "flow")
 PARTS = ("grid", "untrained", "floors", "scaling", "configs", "baselines")
+RESULTS = common.REPO / "benchmarks" / "RESULTS.md"
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,8 @@ class Campaign:
                              f"flag; only 'all' can be evaluated")
         self.raw_dir = self.prepare_dataset()
         self.failed: Dict[str, str] = {}
+        machine = common.machine_description()
+        self.machine = f"{machine['cpu']}, {machine['cores']} cores"  # CPU minutes compare only on one machine
 
     # ------------------------------------------------------------------ folders
     def prepare_dataset(self) -> Path:
@@ -201,7 +208,7 @@ class Campaign:
         except common.ChildFailed as e:
             self.failed[step_id] = str(e)
             raise
-        self.ledger.record(step_id, **timing, **extra)
+        self.ledger.record(step_id, **timing, machine=self.machine, **extra)
         print(f"[done] {step_id}: {timing['wall_s'] / 60:.1f} min wall, {timing['cpu_s'] / 60:.1f} min CPU", flush=True)
 
     # ------------------------------------------------------------------ setups
@@ -458,7 +465,7 @@ class Campaign:
         out = {}
         for protocol in self.args.protocols:
             summary, step_id = self.summary_file(protocol, key), f"evaluate/{protocol}/{key}"
-            out[protocol] = str(summary)
+            out[protocol] = str(summary.relative_to(self.work_dir))  # the work dir can move (quality_archive.py)
             if summary.is_file() and (self.ledger.get(step_id) or {}).get("fingerprint") == fingerprint:
                 continue
             argv = ["-ref", str(self.raw_dir / "labelsTs"), "-pred", str(pred_dir), "-img",
@@ -577,9 +584,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_train", type=int, default=40, help="training scans when generated (default 40)")
     p.add_argument("--n_test", type=int, default=12, help="test scans when generated (default 12)")
     p.add_argument("--data_seed", type=int, default=0, help="seed of the generated dataset (default 0)")
-    p.add_argument("-o", "--output", type=Path, default=common.REPO / "benchmarks" / "RESULTS.md",
+    p.add_argument("-o", "--output", type=Path, default=RESULTS,
                    help="markdown file for the tables (default benchmarks/RESULTS.md)")
+    p.add_argument("--figures", help="folder of the campaign's figures without models, imported before and exported "
+                                     "after the run (quality_archive.py); default: the repository's "
+                                     f"{quality_archive.ARCHIVE.relative_to(common.REPO)} when -o is the repository's "
+                                     "RESULTS.md (its tables then keep every earlier row on a fresh machine), else "
+                                     "none; 'none' turns it off")
     return p
+
+
+def figures_folder(args: argparse.Namespace) -> Optional[Path]:
+    """The archive of this invocation's figures: ``--figures``, else the repository's when the tables go into the
+    repository's RESULTS.md (a fresh work dir would otherwise replace its tables by this invocation's rows)."""
+    if args.figures is None:
+        return quality_archive.ARCHIVE if args.output.resolve() == RESULTS.resolve() else None
+    return None if args.figures == "none" else Path(args.figures).resolve()
 
 
 def merged_rows(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -605,20 +625,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--threads, --num_processes must be >= 1; --scales, --config_scale > 0")
     args.base_iterations = tuple(args.base_iterations * (3 if len(args.base_iterations) == 1 else 1))
     start = time.perf_counter()
+    data = {"data_seed": args.data_seed, "dataset_id": args.dataset_id, "n_train": args.n_train,
+            "n_test": args.n_test, "base_iterations": list(args.base_iterations)}
+    archive = figures_folder(args)  # imported before the campaign reads its ledger
+    if archive is not None and quality_archive.import_figures(archive, args.work_dir.resolve(), data, merged_rows):
+        print(f"[figures] imported the earlier rows of {archive}", flush=True)
     campaign = Campaign(args)
     manifest = {
-        "command": argv, "dataset": str(campaign.raw_dir),
+        "command": argv, "dataset": str(campaign.raw_dir), **data,
         "plans_json": str(campaign.base_pre_root / campaign.raw_dir.name / f"{BASE_PLANS}.json"),
-        "base_iterations": list(args.base_iterations), "demo_iterations": DEMO_ITERATIONS, "threads": args.threads,
+        "demo_iterations": DEMO_ITERATIONS, "threads": args.threads,
         "num_processes": args.num_processes, "seeds": args.seeds, "protocols": args.protocols,
-        "step_size": args.step_size, "data_seed": args.data_seed,
-        "reused_demo": str(args.reuse_demo) if args.reuse_demo else None}
+        "step_size": args.step_size, "reused_demo": str(args.reuse_demo) if args.reuse_demo else None}
     manifest_file = campaign.work_dir / "campaign.json"
     earlier = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    manifest["commands"] = [*earlier.get("commands", [earlier["command"]] if "command" in earlier else []), argv]
-    campaign.run(lambda figures: common.write_json(manifest_file, {
-        **manifest, **figures, "rows": merged_rows(earlier.get("rows", []), figures["rows"])}))
+    manifest["commands"] = [*quality_archive.commands_of(earlier), argv]
+    manifest["figures"] = None if archive is None else quality_archive.display_name(archive)
+
+    def save(figures: Dict[str, object]) -> None:
+        common.write_json(manifest_file, {**manifest, **figures, "rows": merged_rows(earlier.get("rows", []),
+                                                                                     figures["rows"]),
+                                          "dataset_text": quality_report.dataset_description(manifest)})
+
+    campaign.run(save)
     quality_report.main(["--work_dir", str(campaign.work_dir), "-o", str(args.output)])
+    if archive is not None:
+        written = quality_archive.export_figures(campaign.work_dir, archive)
+        print(f"[figures] {len(written)} files of figures (no models) in {archive}", flush=True)
     print(f"wall-clock of this invocation: {(time.perf_counter() - start) / 60:.1f} min; tables in {args.output}")
     if campaign.failed:
         print(f"{len(campaign.failed)} step(s) failed: {', '.join(sorted(campaign.failed))}", file=sys.stderr)

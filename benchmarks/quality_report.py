@@ -65,8 +65,8 @@ class Figures:
     def summaries(self, row: Mapping[str, Any], protocol: str) -> List[Dict[str, Any]]:
         """The row's evaluation summaries under ``protocol``, one per seed that has one."""
         out = []
-        for entry in row["seeds"].values():
-            path = Path((entry or {}).get("summaries", {}).get(protocol, "/nonexistent"))
+        for entry in row["seeds"].values():  # a relative path is relative to the work dir (quality_archive.py)
+            path = self.work_dir / (entry or {}).get("summaries", {}).get(protocol, "/nonexistent")
             if path.is_file():
                 out.append(json.loads(path.read_text()))
         return out
@@ -266,6 +266,19 @@ def winner_cell(fig: Figures, rows: Sequence[Tuple[str, Mapping[str, Any]]], pro
     return f"{winner} {value:.3f}" + (" *" if bar is not None and value > bar else "")
 
 
+def step_machines(fig: Figures) -> str:
+    """Which machines measured the ledger's steps (a campaign continued on a fresh machine mixes them), with counts;
+    empty when all steps that say it were measured on one."""
+    counts: Dict[str, int] = {}
+    for record in fig.ledger.records.values():
+        machine = record.get("machine", "not recorded")
+        counts[machine] = counts.get(machine, 0) + 1
+    if len([m for m in counts if not m.startswith("not recorded")]) < 2:
+        return ""
+    return "- Steps measured on several machines (CPU minutes compare only within one): " + "; ".join(
+        f"{machine}: {n} steps" for machine, n in sorted(counts.items()))
+
+
 def table_steps(fig: Figures) -> str:
     lines = ["| step | wall min | CPU min | note |", "|---|---:|---:|---|"]
     for step, record in sorted(fig.ledger.records.items()):
@@ -274,9 +287,12 @@ def table_steps(fig: Figures) -> str:
     return "\n".join(lines)
 
 
-def dataset_description(fig: Figures) -> str:
-    c = fig.campaign
+def dataset_description(c: Mapping[str, Any]) -> str:
+    """The dataset and plans of a campaign manifest, read from its raw folder and plans file; on a machine without
+    them (figures imported from an archive) the description the campaign stored when it ran."""
     raw = Path(c["dataset"])
+    if not raw.is_dir() and c.get("dataset_text"):
+        return c["dataset_text"]
     n_train, n_test = (len(list((raw / sub).glob("*.nii.gz"))) for sub in ("imagesTr", "imagesTs"))
     settings = ""
     plans_json = Path(c["plans_json"])
@@ -313,7 +329,8 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
         f"- Machine: {machine['cpu']}; {machine['cores']} cores; torch {machine['torch']}, nnunetv2 "
         f"{machine['nnunetv2']}, Python {machine['python']} ({machine['os']})",
         commands(c),
-        f"- Dataset: {dataset_description(fig)}",
+        *filter(None, [step_machines(fig)]),
+        f"- Dataset: {dataset_description(c)}",
         f"- Budget: 1x = {stage_steps(c['base_iterations'])} optimizer steps of descriptor / condition / "
         f"density (nnScreener_demo's default budget: {c['demo_iterations']}); one child process at a time with "
         f"OMP_NUM_THREADS={c['threads']}; CPU minutes = user + system time of the step's process and its workers "
@@ -322,7 +339,9 @@ def markdown(fig: Figures, machine: Mapping[str, str]) -> str:
         f"training); cells are the mean over the row's n seeds with a summary ± half the range (max - min) / 2",
         "- Metrics: voxel AUROC, AUROC up to FPR 0.3 (/0.3), AUPRO up to FPR 0.3 (/0.3, 26-connected regions), "
         "pooled over the test set",
-        f"- Raw figures: `{fig.work_dir}` (campaign.json, ledger.json, summaries/<protocol>/*.json, tables.json)",
+        f"- Raw figures: `{fig.work_dir}` (campaign.json, ledger.json, summaries/<protocol>/*.json, tables.json)"
+        + (f"; without models also in `{c['figures']}`, which a campaign on a fresh machine imports"
+           if c.get("figures") else ""),
     ]
     for protocol in c["protocols"]:
         title = f"evaluation protocol `{protocol}`"

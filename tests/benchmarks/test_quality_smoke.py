@@ -31,14 +31,15 @@ quality = _load("quality")
 report = _load("quality_report")
 probe = _load("ssl_quality")
 untrained = _load("untrained_models")
+archive_module = _load("quality_archive")
 
 
 def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
-    work, results = tmp_path / "w", tmp_path / "RESULTS.md"
+    work, results, archive = tmp_path / "w", tmp_path / "RESULTS.md", tmp_path / "figures"
     argv = [sys.executable, str(BENCH / "quality.py"), "--work_dir", str(work), "-d", "978", "--n_train", "2",
             "--n_test", "1", "--base_iterations", "2", "--parts", "scaling", "--scales", "1", "--seeds", "0", "1",
             "--protocols", "all", "--step_size", "1", "--train_set", "ssl.batch_size=2", "density.batch_size=2",
-            "-o", str(results)]
+            "-o", str(results), "--figures", str(archive)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     first = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -48,6 +49,7 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
         for stage in ("descriptor", "condition", "density/masking_flow"):
             record = ledger[f"train/default_it2/seed{seed}/{stage}"]
             assert record["cpu_s"] > 0 and record["wall_s"] > 0 and record["iterations"] == 2
+            assert record["machine"] == ledger["plan/nnScreenerPlans_cpu"]["machine"] != ""
             assert record["model"] == common.file_fingerprint(
                 next((work / "results/default_it2" / f"seed{seed}").glob(f"*/{stage.split('/')[0]}__*/"
                                                                           "checkpoint_final.pth")))
@@ -57,8 +59,12 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
         assert config["seed"] == seed
     campaign = json.loads((work / "campaign.json").read_text())
     (row,) = campaign["rows"]
-    assert set(row["seeds"]) == {"0", "1"} and all(Path(e["summaries"]["all"]).is_file()
+    assert set(row["seeds"]) == {"0", "1"} and all((work / e["summaries"]["all"]).is_file()
                                                    for e in row["seeds"].values())
+    assert not any(Path(e["summaries"]["all"]).is_absolute() for e in row["seeds"].values())
+    assert json.loads((archive / "campaign.json").read_text())["rows"] == [row]  # the figures, without models
+    assert json.loads((archive / "ledger.json").read_text()) == ledger
+    assert (archive / row["seeds"]["0"]["summaries"]["all"]).is_file() and not list(archive.rglob("*.pth"))
     text = results.read_text()
     assert "Evaluation protocol `all`" in text and " ± " in text and common.INTERPRETATION_TITLE in text
     assert "| 1x | 2 / 2 / 2 | 2 |" in text  # two seeds in the scaling row
@@ -76,6 +82,77 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
     assert [r["part"] for r in accumulated["rows"]] == ["scaling", "floors", "floors"]
     assert accumulated["rows"][0] == row and len(accumulated["commands"]) == 3
     assert "| 1x | 2 / 2 / 2 | 2 |" in results.read_text()  # the earlier invocation's rows stay in the tables
+
+    # a fresh machine: another work dir, only the archive; the floors are imported, nothing runs, no row is lost
+    fresh = [str(tmp_path / "w2") if a == str(work) else str(tmp_path / "R2.md") if a == str(results) else a
+             for a in only_floors]
+    fourth = subprocess.run(fresh, env=env, capture_output=True, text=True)
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    assert "[run]" not in fourth.stdout and "[figures] imported" in fourth.stdout
+    assert json.loads((tmp_path / "w2" / "campaign.json").read_text())["rows"] == accumulated["rows"]
+    assert "| 1x | 2 / 2 / 2 | 2 |" in (tmp_path / "R2.md").read_text()
+
+
+def test_imported_figures_keep_what_the_work_dir_measured_and_refuse_another_dataset(tmp_path):
+    archive, work = tmp_path / "archive", tmp_path / "work"
+
+    def row(label, summary):
+        entry = {"cost": {"density": label}, "summaries": {"all": summary}}
+        return {"part": "configs", "label": label, "setup": f"{label}_it2", "seeds": {"0": entry}}
+
+    for folder, figure in ((archive, 0.6), (work, 0.7)):
+        (folder / "summaries/all").mkdir(parents=True)
+        (folder / "summaries/all/a.json").write_text(json.dumps({"dataset": {"auroc": figure}}))
+    (archive / "summaries/all/b.json").write_text(json.dumps({"dataset": {"auroc": 0.5}}))
+    settings = {"data_seed": 0, "base_iterations": [2, 2, 2], "n_train": 2}
+    common.write_json(archive / "campaign.json", {**settings, "commands": [["--parts", "configs"]],
+                                                  "rows": [row("a", "summaries/all/a.json"),
+                                                           row("b", str(archive / "summaries/all/b.json"))]})
+    common.write_json(archive / "ledger.json", {"a": {"cpu_s": 60}, "b": {"cpu_s": 120}})
+    common.write_json(work / "campaign.json", {**settings, "commands": [["--parts", "floors"]],
+                                               "rows": [row("a", str(work / "summaries/all/a.json"))]})
+    common.write_json(work / "ledger.json", {"a": {"cpu_s": 30}})
+
+    assert archive_module.import_figures(archive, work, {**settings, "base_iterations": (2, 2, 2)},
+                                         quality.merged_rows)
+    merged = json.loads((work / "campaign.json").read_text())
+    assert [r["label"] for r in merged["rows"]] == ["a", "b"]
+    assert merged["commands"] == [["--parts", "configs"], ["--parts", "floors"]]
+    assert json.loads((work / "ledger.json").read_text()) == {"a": {"cpu_s": 30}, "b": {"cpu_s": 120}}
+    figures = report.Figures(work)
+    assert [figures.metric(figures.summaries(r, "all"), "auroc") for r in merged["rows"]] == [[0.7], [0.5]]
+
+    written = archive_module.export_figures(work, tmp_path / "out")  # the union, with paths under the work dir
+    exported = json.loads((tmp_path / "out/campaign.json").read_text())
+    assert exported["rows"][0]["seeds"]["0"]["summaries"]["all"] == "summaries/all/a.json"
+    assert json.loads((tmp_path / "out/summaries/all/a.json").read_text())["dataset"]["auroc"] == 0.7
+    assert tmp_path / "out/ledger.json" in written
+    assert not archive_module.import_figures(tmp_path / "nothing", work, settings, quality.merged_rows)
+    a, b, c = ["--parts", "grid"], ["--parts", "floors"], ["--parts", "configs"]
+    assert archive_module.merged_commands([a, a], [a, a, b]) == [a, a, b]  # the work dir went on from the archive
+    assert archive_module.merged_commands([a, a, b], [a]) == [a, a, b]  # the archive went on from the work dir
+    assert archive_module.merged_commands([a, b], [c]) == [a, b, c]  # another machine's history
+    with pytest.raises(SystemExit, match="data_seed: 0 there, 1 here"):
+        archive_module.import_figures(archive, tmp_path / "w3", {**settings, "data_seed": 1}, quality.merged_rows)
+
+
+def test_the_tables_say_when_their_steps_were_measured_on_several_machines(tmp_path):
+    (tmp_path / "campaign.json").write_text(json.dumps({"rows": []}))
+    ledger = {"a": {"machine": "cpu A, 2 cores"}, "b": {"machine": "cpu A, 2 cores"}, "c": {}}
+    common.write_json(tmp_path / "ledger.json", ledger)
+    assert report.step_machines(report.Figures(tmp_path)) == ""  # one machine (and old records that do not say)
+    common.write_json(tmp_path / "ledger.json", {**ledger, "d": {"machine": "cpu B, 16 cores"}})
+    line = report.step_machines(report.Figures(tmp_path))
+    assert "cpu A, 2 cores: 2 steps" in line and "cpu B, 16 cores: 1 steps" in line and "not recorded: 1" in line
+
+
+def test_the_repository_tables_come_with_the_repository_archive_unless_told_otherwise(tmp_path):
+    def folder(*argv):
+        return quality.figures_folder(quality.build_parser().parse_args(["--work_dir", str(tmp_path), *argv]))
+
+    assert folder() == archive_module.ARCHIVE
+    assert folder("-o", str(tmp_path / "R.md")) is None
+    assert folder("--figures", "none") is None and folder("--figures", str(tmp_path)) == tmp_path.resolve()
 
 
 def test_a_row_run_again_keeps_the_seeds_it_did_not_run_and_takes_the_new_ones():
