@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="markdown file for the tables (default benchmarks/RESULTS.md)")
     p.add_argument("--figures", help="folder of the campaign's figures without models, imported before and exported "
                                      "after the run (quality_archive.py); default: the repository's "
-                                     f"{quality_archive.ARCHIVE.relative_to(common.REPO)} when -o is the repository's "
+                                     f"{quality_archive.display_name(quality_archive.ARCHIVE)} when -o is the repository's "
                                      "RESULTS.md (its tables then keep every earlier row on a fresh machine), else "
                                      "none; 'none' turns it off")
     return p
