@@ -126,6 +126,13 @@ def machine_description() -> Dict[str, str]:
             "nnunetv2": version("nnunetv2"), "python": platform.python_version(), "os": platform.platform()}
 
 
+def machine_label() -> str:
+    """The CPU and its usable cores, as a ledger record names the machine that measured it (CPU minutes compare
+    only within one machine)."""
+    machine = machine_description()
+    return f"{machine['cpu']}, {machine['cores']} cores"
+
+
 def fmt(value: Optional[float], digits: int = 3) -> str:
     """``-`` for a missing value, else fixed-point."""
     return "-" if value is None else f"{value:.{digits}f}"

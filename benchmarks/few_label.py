@@ -17,11 +17,17 @@ Steps, each run once and recorded in ``W/ledger.json`` (a rerun skips finished s
 4. For each initialisation (scratch, distilled), seed and label count: benchmarks/few_label_finetune.py (stock
    ``nnUNetTrainer``, ``--epochs`` x ``--iterations`` steps) and its test segmentations.
 5. Per run: mean Dice over the test scans (a scan with an empty prediction scores 0), lesions detected (a
-   26-connected label component touched by the prediction) and false-positive components per scan; the table is
-   the mean over seeds +- half their range, with CPU minutes.
+   26-connected label component touched by the prediction) and false-positive components per scan, kept in
+   ``W/summary.json`` under the run's budget; the table is the mean over seeds +- half their range, with CPU
+   minutes.
+
+With ``--figures DIR`` (the repository keeps its runs in ``benchmarks/figures/few_label``) the scores and the ledger,
+a few kB without models or segmentations, are also exported to ``DIR``, and a run already there is not run again: a
+later session on a fresh machine extends the table instead of starting it over. An archive of other settings
+(``SETTING_KEYS``) is refused by name.
 
     nnScreener_demo                                   # or any trained Screener model, see --screener_root
-    python benchmarks/few_label.py --work_dir W [--seeds 0 1] [--labels 2 5 10] -o W/RESULTS.md
+    python benchmarks/few_label.py --work_dir W [--seeds 0 1] [--labels 2 5 10] [--figures DIR] -o W/RESULTS.md
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,9 +44,14 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import quality_archive  # noqa: E402
 
 INITS = ("scratch", "distilled")
 PLANS = "nnUNetPlansFewLabel"
+#: The settings a run's scores belong to besides its key (budget, initialisation, labels, seed): an archive of
+#: other settings is refused.
+SETTING_KEYS = ("labelled_id", "n_labelled", "n_val", "n_test", "data_seed", "distill_iterations",
+                "gpu_memory_target", "max_width")
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -107,22 +118,59 @@ def write_splits(preprocessed: Path, cases: List[str], label_counts: Sequence[in
     (preprocessed / "splits_final.json").write_text(json.dumps(splits, indent=2))
 
 
-class FewLabelCampaign:
-    """The benchmark's steps in ``--work_dir`` (module docstring), each recorded in its ledger."""
+# ---------------------------------------------------------------------------------------------- figures
+def settings_of(args: argparse.Namespace) -> Dict[str, Any]:
+    return {key: getattr(args, key) for key in SETTING_KEYS}
 
-    def __init__(self, args: argparse.Namespace) -> None:
+
+def budget_of(args: argparse.Namespace) -> str:
+    """The fine-tuning schedule in every run's key and step id: another schedule is another run, never a reused one."""
+    return f"it{args.epochs}x{args.iterations}"
+
+
+def run_key(budget: str, init: str, labels: int, seed: int) -> str:
+    return f"{budget}/{init}/labels{labels}/seed{seed}"
+
+
+def read_summary(path: Path) -> Dict[str, Any]:
+    """``{"settings": {...}, "runs": {run key: scores}}`` of a work dir or an archive. A summary of before the
+    archive (runs keyed without their budget, no settings) reads as empty: a work dir scores its runs again from
+    their segmentations."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return {"settings": data.get("settings", {}), "runs": data.get("runs", {})}
+
+
+def archived_runs(archive: Path, settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The runs kept in ``archive``; refuses (by the file's name) an archive of other settings."""
+    archived = read_summary(archive / "summary.json")
+    quality_archive.check_dataset(archived["settings"], settings, archive, keys=SETTING_KEYS, file="summary.json")
+    return archived["runs"]
+
+
+def export_figures(work: Path, archive: Path) -> List[Path]:
+    """Copies ``work``'s summary.json (which holds the archive's runs too) into ``archive`` and merges the ledgers
+    (``work``'s records win). No models, no segmentations."""
+    common.write_json(archive / "summary.json", read_summary(work / "summary.json"))
+    own = common.Ledger(work / "ledger.json").records
+    common.write_json(archive / "ledger.json", {**common.Ledger(archive / "ledger.json").records, **own})
+    return [archive / "summary.json", archive / "ledger.json"]
+
+
+class FewLabelCampaign:
+    """The benchmark's steps in ``--work_dir`` (module docstring), each recorded in its ledger. Runs found in
+    ``earlier`` (an archive's) and not in the work dir are taken from there, not run again."""
+
+    def __init__(self, args: argparse.Namespace, earlier: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
         self.args = args
         self.work = args.work_dir.resolve()
         self.ledger = common.Ledger(self.work / "ledger.json")
+        self.runs = {**(earlier or {}), **read_summary(self.work / "summary.json")["runs"]}
+        self.prepared = False
         self.raw, self.pre, self.res = (self.work / n for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
         self.source_raw = args.screener_root / "nnUNet_raw"
         self.source_pre = args.screener_root / "nnUNet_preprocessed"
         self.source_res = args.screener_results or args.screener_root / "nnUNet_results"
-        found = sorted(self.source_raw.glob(f"Dataset{args.dataset_id:03d}_*"))
-        if not found:
-            raise SystemExit(f"no Dataset{args.dataset_id:03d}_* in {self.source_raw}: run nnScreener_demo first or "
-                             f"pass --screener_root")
-        self.unlabelled = found[0].name
+        self.unlabelled = ""  # the trained Screener's dataset folder, found by prepare()
         self.labelled = f"Dataset{args.labelled_id:03d}_SyntheticCTLabelled"
 
     def env(self, results: Optional[Path] = None) -> Dict[str, str]:
@@ -137,13 +185,22 @@ class FewLabelCampaign:
             return done
         print(f"[run] {step_id}", flush=True)
         timing = common.run_child(argv, env, self.work / "logs" / (step_id.replace("/", "_") + ".log"))
-        self.ledger.record(step_id, **timing, **extra)
+        self.ledger.record(step_id, **timing, machine=common.machine_label(), **extra)
         print(f"[done] {step_id}: {timing['wall_s'] / 60:.1f} min wall, {timing['cpu_s'] / 60:.1f} min CPU",
               flush=True)
         return timing
 
     def prepare(self) -> None:
+        """Steps 1-3 (module docstring), once, before the first run that must be trained."""
+        if self.prepared:
+            return
+        self.prepared = True
         a = self.args
+        found = sorted(self.source_raw.glob(f"Dataset{a.dataset_id:03d}_*"))
+        if not found:
+            raise SystemExit(f"no Dataset{a.dataset_id:03d}_* in {self.source_raw}: run nnScreener_demo first or "
+                             f"pass --screener_root")
+        self.unlabelled = found[0].name
         mirror(self.source_raw, self.unlabelled, self.raw)
         mirror(self.source_pre, self.unlabelled, self.pre)
         mirror(self.source_res, self.unlabelled, self.res)
@@ -181,10 +238,23 @@ class FewLabelCampaign:
         return found[0]
 
     def finetune(self, init: str, seed: int, fold: int) -> Dict[str, object]:
+        """The run's scores: from its segmentations in the work dir, else from a summary (the archive's), else
+        trained now."""
         a = self.args
-        budget = f"it{a.epochs}x{a.iterations}"  # another schedule is another run, never a reused one
+        budget = budget_of(a)
         root = self.work / "finetune" / budget / f"{init}_seed{seed}"
         out = root / "segmentations" / f"labels{a.labels[fold]}"
+        step_id = f"finetune/{budget}/{init}/seed{seed}/labels{a.labels[fold]}"
+        key = run_key(budget, init, a.labels[fold], seed)
+        done = self.ledger.get(step_id)
+        if done is not None and out.is_dir():
+            return {**score_run(out, self.raw / self.labelled / "labelsTs"), "cpu_s": done["cpu_s"]}
+        if key in self.runs:
+            return self.runs[key]
+        if done is not None:
+            raise SystemExit(f"{self.ledger.path} records {step_id} but its segmentations {out} are gone and no "
+                             f"summary holds its scores: remove the record to run it again")
+        self.prepare()
         argv = [*common.cli_argv("few_label_finetune", "-d", str(a.labelled_id), "-p", PLANS, "-f", str(fold),
                                  "--epochs", str(a.epochs), "--iterations", str(a.iterations), "--seed", str(seed),
                                  "--test_images", str(self.raw / self.labelled / "imagesTs"), "-o", str(out)),
@@ -192,22 +262,22 @@ class FewLabelCampaign:
         env = self.env(root / "nnUNet_results")
         env["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process: its CPU time is the run's
         env["PYTHONPATH"] = os.pathsep.join([str(common.REPO / "benchmarks"), env["PYTHONPATH"]])
-        timing = self.step(f"finetune/{budget}/{init}/seed{seed}/labels{a.labels[fold]}", argv, env)
+        timing = self.step(step_id, argv, env)
         return {**score_run(out, self.raw / self.labelled / "labelsTs"), "cpu_s": timing["cpu_s"]}
 
     def run(self) -> Dict[str, Dict[str, object]]:
-        self.prepare()
-        results: Dict[str, Dict[str, object]] = {}
+        """Every requested run's scores by run key; the work dir's summary.json keeps them with all earlier ones."""
         for fold, k in enumerate(self.args.labels):
             for init in INITS:
                 for seed in self.args.seeds:
-                    results[f"{init}/labels{k}/seed{seed}"] = self.finetune(init, seed, fold)
-                    common.write_json(self.work / "summary.json", results)
-        return results
+                    self.runs[run_key(budget_of(self.args), init, k, seed)] = self.finetune(init, seed, fold)
+                    common.write_json(self.work / "summary.json",
+                                      {"settings": settings_of(self.args), "runs": self.runs})
+        return self.runs
 
 
-def table(results: Dict[str, Dict[str, object]], labels: Sequence[int], seeds: Sequence[int]) -> str:
-    """Markdown: per label count and initialisation, mean +- half range over the seeds."""
+def table(results: Dict[str, Dict[str, object]], budget: str, labels: Sequence[int], seeds: Sequence[int]) -> str:
+    """Markdown: per label count and initialisation, mean +- half range over the seeds of the runs of ``budget``."""
     def cell(values: List[float], digits: int = 3) -> str:
         return f"{np.mean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
@@ -215,7 +285,7 @@ def table(results: Dict[str, Dict[str, object]], labels: Sequence[int], seeds: S
             "| CPU min (fine-tune + segment) |", "|---:|---|---:|---:|---:|---:|---:|"]
     for k in labels:
         for init in INITS:
-            runs = [results[f"{init}/labels{k}/seed{s}"] for s in seeds if f"{init}/labels{k}/seed{s}" in results]
+            runs = [results[key] for key in (run_key(budget, init, k, s) for s in seeds) if key in results]
             if runs:
                 rows.append(f"| {k} | {init} | {len(runs)} | {cell([r['dice'] for r in runs])} | "
                             f"{cell([r['detection'] for r in runs])} | {cell([r['fp_per_scan'] for r in runs], 1)} | "
@@ -241,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_seed", type=int, default=1, help="seed of the labelled dataset (default 1)")
     p.add_argument("--labels", type=int, nargs="+", default=[2, 5, 10], help="labelled scans per fold")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=4, help="nnU-Net epochs of every fine-tuning run (default 4)")
+    p.add_argument("--epochs", type=int, default=16,
+                   help="nnU-Net epochs of every fine-tuning run (default 16: at 4 most runs on 2 labelled scans "
+                        "segment nothing; benchmarks/RESULTS.md)")
     p.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
     p.add_argument("--distill_iterations", type=int, default=300, help="steps of the student (default 300)")
     p.add_argument("--gpu_memory_target", type=float, default=0.4, help="nnU-Net planner's target, GB (patch size)")
@@ -249,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num_processes", type=int, default=2)
     p.add_argument("-o", "--output", type=Path, help="markdown file for the table (default: print only)")
+    p.add_argument("--figures", type=Path,
+                   help="folder of the runs' scores and ledger without models (the repository's: "
+                        "benchmarks/figures/few_label): runs found there are not run again, and this invocation's "
+                        "are added to it")
     return p
 
 
@@ -256,8 +332,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.n_val >= args.n_labelled or max(args.labels) > args.n_labelled - args.n_val:
         raise SystemExit("--labels must fit in --n_labelled minus --n_val scans")
-    results = FewLabelCampaign(args).run()
-    text = table(results, args.labels, args.seeds)
+    archive = args.figures.resolve() if args.figures else None
+    earlier = archived_runs(archive, settings_of(args)) if archive else {}
+    campaign = FewLabelCampaign(args, earlier)
+    results = campaign.run()
+    if archive:
+        export_figures(campaign.work, archive)
+        print(f"[figures] scores and ledger of {len(results)} runs in {archive}", flush=True)
+    text = table(results, budget_of(args), args.labels, args.seeds)
     print(text)
     if args.output:
         args.output.write_text(text + "\n")

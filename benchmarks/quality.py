@@ -157,8 +157,7 @@ class Campaign:
                              f"flag; only 'all' can be evaluated")
         self.raw_dir = self.prepare_dataset()
         self.failed: Dict[str, str] = {}
-        machine = common.machine_description()
-        self.machine = f"{machine['cpu']}, {machine['cores']} cores"  # CPU minutes compare only on one machine
+        self.machine = common.machine_label()
 
     # ------------------------------------------------------------------ folders
     def prepare_dataset(self) -> Path:

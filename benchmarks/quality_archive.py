@@ -50,12 +50,14 @@ def summary_files(campaign: Mapping[str, Any]) -> List[str]:
                    for path in (entry or {}).get("summaries", {}).values() if not Path(path).is_absolute()})
 
 
-def check_dataset(archived: Mapping[str, Any], settings: Mapping[str, Any], archive: Path) -> None:
-    """Refuses an archive whose figures belong to another dataset or budget than ``settings``."""
-    differing = [f"{key}: {archived[key]!r} there, {settings[key]!r} here" for key in DATASET_KEYS
+def check_dataset(archived: Mapping[str, Any], settings: Mapping[str, Any], archive: Path,
+                  keys: Sequence[str] = DATASET_KEYS, file: str = "campaign.json") -> None:
+    """Refuses an archive (its ``file``) whose figures belong to another dataset or budget than ``settings``: a
+    differing value of one of ``keys`` (a key missing on either side is not compared)."""
+    differing = [f"{key}: {archived[key]!r} there, {settings[key]!r} here" for key in keys
                  if key in archived and key in settings and _same(archived[key]) != _same(settings[key])]
     if differing:
-        raise ArchiveMismatch(f"{archive / 'campaign.json'} holds figures of another dataset or budget "
+        raise ArchiveMismatch(f"{archive / file} holds figures of another dataset or budget "
                               f"({'; '.join(differing)}): use another --figures folder, or --figures none")
 
 
@@ -103,12 +105,17 @@ def import_figures(archive: Path, work_dir: Path, settings: Mapping[str, Any],
     merged = {**archived, **own, "rows": merge_rows(archived.get("rows", []), own.get("rows", [])),
               "commands": merged_commands(commands_of(archived), commands_of(own))}
     common.write_json(target, merged)
+    import_ledger(archive, work_dir)
+    return True
+
+
+def import_ledger(archive: Path, work_dir: Path) -> None:
+    """Adds the archive's ledger records to ``work_dir``'s ledger.json; the work dir's own records win."""
     ledger = archive / "ledger.json"
     if ledger.is_file():
         own_ledger = work_dir / "ledger.json"
         records = json.loads(own_ledger.read_text()) if own_ledger.is_file() else {}
         common.write_json(own_ledger, {**json.loads(ledger.read_text()), **records})
-    return True
 
 
 def export_figures(work_dir: Path, archive: Path) -> List[Path]:

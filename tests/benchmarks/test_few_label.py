@@ -88,3 +88,86 @@ def test_width_cap_changes_only_the_features_per_stage(tmp_path):
         32, 64, 64, 64, 64]
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [32, 64, 64, 64, 64]
     assert capped == plans
+
+
+def _args(tmp_path, *extra):
+    return few_label.build_parser().parse_args(["--work_dir", str(tmp_path / "work"), "--screener_root",
+                                                 str(tmp_path / "absent"), "--labels", "2", "5", "--seeds", "0", "1",
+                                                 *extra])
+
+
+def _scores(dice):
+    return {"dice": dice, "detection": 0.5, "fp_per_scan": 2.0, "cpu_s": 60.0, "lesions": 4, "scans": 2}
+
+
+def _never_trains(monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise AssertionError("a run found in the archive was trained again")
+    monkeypatch.setattr(few_label.FewLabelCampaign, "prepare", fail)
+    monkeypatch.setattr(few_label.FewLabelCampaign, "step", fail)
+
+
+def test_a_fresh_work_dir_takes_the_archived_runs_and_trains_nothing(tmp_path, monkeypatch):
+    args = _args(tmp_path)
+    budget, archive = few_label.budget_of(args), tmp_path / "figures"
+    runs = {few_label.run_key(budget, init, k, s): _scores(0.1 * k + 0.01 * s + (init == "distilled"))
+            for init in few_label.INITS for k in (2, 5) for s in (0, 1)}
+    runs[few_label.run_key("it4x25", "scratch", 2, 0)] = _scores(0.9)  # another budget: not in this table
+    (tmp_path / "work").mkdir()
+    common = few_label.common
+    common.write_json(archive / "summary.json", {"settings": few_label.settings_of(args), "runs": runs})
+    common.write_json(archive / "ledger.json", {"finetune/x": {"cpu_s": 60.0, "machine": "cpu A"}})
+    common.write_json(tmp_path / "work" / "ledger.json", {"distill": {"cpu_s": 5.0, "machine": "cpu B"}})
+    _never_trains(monkeypatch)
+
+    campaign = few_label.FewLabelCampaign(args, few_label.archived_runs(archive, few_label.settings_of(args)))
+    assert campaign.run() == runs
+    few_label.export_figures(campaign.work, archive)
+
+    assert few_label.read_summary(archive / "summary.json")["runs"] == runs  # nothing lost, nothing invented
+    assert set(json.loads((archive / "ledger.json").read_text())) == {"finetune/x", "distill"}
+    table = few_label.table(runs, budget, [2, 5], [0, 1]).splitlines()
+    assert table[2].startswith("| 2 | scratch | 2 | 0.205 ± 0.005 |")  # seeds 0.20 and 0.21; it4x25's 0.9 left out
+    assert table[5].startswith("| 5 | distilled | 2 | 1.505 ± 0.005 |")
+
+
+def test_an_archive_of_other_settings_is_refused_by_name(tmp_path):
+    args = _args(tmp_path)
+    few_label.common.write_json(tmp_path / "figures" / "summary.json",
+                                {"settings": {**few_label.settings_of(args), "data_seed": 7}, "runs": {}})
+    with pytest.raises(SystemExit, match=r"figures/summary.json .*data_seed: 7 there, 1 here"):
+        few_label.archived_runs(tmp_path / "figures", few_label.settings_of(args))
+
+
+def test_a_summary_of_before_the_archive_reads_as_empty(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"scratch/labels2/seed0": _scores(0.1)}))
+    assert few_label.read_summary(tmp_path / "summary.json") == {"settings": {}, "runs": {}}
+
+
+def test_a_recorded_run_without_segmentations_or_scores_stops_with_a_message(tmp_path, monkeypatch):
+    args = _args(tmp_path)
+    step = f"finetune/{few_label.budget_of(args)}/scratch/seed0/labels2"
+    few_label.common.write_json(tmp_path / "work" / "ledger.json", {step: {"cpu_s": 1.0}})
+    _never_trains(monkeypatch)
+    with pytest.raises(SystemExit, match=r"records .*scratch/seed0/labels2 but its segmentations .* are gone"):
+        few_label.FewLabelCampaign(args).run()
+
+
+def test_a_run_of_the_work_dir_is_scored_from_its_segmentations_before_the_archive(tmp_path, monkeypatch):
+    args = _args(tmp_path, "--labels", "2", "--seeds", "0")
+    budget, work = few_label.budget_of(args), tmp_path / "work"
+    labels = work / "nnUNet_raw" / "Dataset501_SyntheticCTLabelled" / "labelsTs"
+    segs = work / "finetune" / budget / "scratch_seed0" / "segmentations" / "labels2"
+    labels.mkdir(parents=True), segs.mkdir(parents=True)
+    lesion = np.zeros((4, 8, 8), dtype=np.uint8)
+    lesion[1:3, 2:5, 2:5] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(lesion), str(labels / "test_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(lesion), str(segs / "test_0000.nii.gz"))  # a perfect segmentation
+    few_label.common.write_json(work / "ledger.json", {f"finetune/{budget}/scratch/seed0/labels2": {"cpu_s": 90.0}})
+    archived = {few_label.run_key(budget, i, 2, 0): _scores(0.3) for i in few_label.INITS}
+    _never_trains(monkeypatch)
+
+    runs = few_label.FewLabelCampaign(args, archived).run()
+    assert runs[few_label.run_key(budget, "scratch", 2, 0)]["dice"] == 1.0  # its own run, not the archive's 0.3
+    assert runs[few_label.run_key(budget, "scratch", 2, 0)]["cpu_s"] == 90.0
+    assert runs[few_label.run_key(budget, "distilled", 2, 0)]["dice"] == 0.3  # measured elsewhere
