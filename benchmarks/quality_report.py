@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
+import quality_archive  # noqa: E402
 from nnscreener import stages  # noqa: E402
 from nnscreener.evaluation.local_contrast import RING_MM  # noqa: E402
 
@@ -311,7 +312,7 @@ def dataset_description(c: Mapping[str, Any]) -> str:
 
 def commands(campaign: Mapping[str, Any]) -> str:
     """The invocations whose rows the tables show (``campaign.json`` accumulates them), oldest first."""
-    runs = campaign.get("commands") or [campaign["command"]]
+    runs = quality_archive.commands_of(campaign)
     if len(runs) == 1:
         return f"- Command: `python benchmarks/quality.py {shlex.join(runs[0])}`"
     return "\n".join([f"- Commands (the rows of {len(runs)} invocations, oldest first; a row run again takes "
