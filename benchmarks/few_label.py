@@ -321,10 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num_processes", type=int, default=2)
     p.add_argument("-o", "--output", type=Path, help="markdown file for the table (default: print only)")
-    p.add_argument("--figures", type=Path,
+    p.add_argument("--figures",
                    help="folder of the runs' scores and ledger without models (the repository's: "
                         "benchmarks/figures/few_label): runs found there are not run again, and this invocation's "
-                        "are added to it")
+                        "are added to it (default, or 'none': no such folder)")
     return p
 
 
@@ -332,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.n_val >= args.n_labelled or max(args.labels) > args.n_labelled - args.n_val:
         raise SystemExit("--labels must fit in --n_labelled minus --n_val scans")
-    archive = args.figures.resolve() if args.figures else None
+    archive = Path(args.figures).resolve() if args.figures not in (None, "none") else None
     earlier = archived_runs(archive, settings_of(args)) if archive else {}
     campaign = FewLabelCampaign(args, earlier)
     results = campaign.run()
