@@ -151,8 +151,7 @@ def export_figures(work: Path, archive: Path) -> List[Path]:
     """Copies ``work``'s summary.json (which holds the archive's runs too) into ``archive`` and merges the ledgers
     (``work``'s records win). No models, no segmentations."""
     common.write_json(archive / "summary.json", read_summary(work / "summary.json"))
-    own = common.Ledger(work / "ledger.json").records
-    common.write_json(archive / "ledger.json", {**common.Ledger(archive / "ledger.json").records, **own})
+    common.write_json(archive / "ledger.json", quality_archive.merged_ledger(archive, work))
     return [archive / "summary.json", archive / "ledger.json"]
 
 

@@ -109,13 +109,15 @@ def import_figures(archive: Path, work_dir: Path, settings: Mapping[str, Any],
     return True
 
 
+def merged_ledger(archive: Path, work_dir: Path) -> Dict[str, Any]:
+    """The archive's ledger records with ``work_dir``'s over them (the work dir's own records win)."""
+    return {**common.Ledger(archive / "ledger.json").records, **common.Ledger(work_dir / "ledger.json").records}
+
+
 def import_ledger(archive: Path, work_dir: Path) -> None:
     """Adds the archive's ledger records to ``work_dir``'s ledger.json; the work dir's own records win."""
-    ledger = archive / "ledger.json"
-    if ledger.is_file():
-        own_ledger = work_dir / "ledger.json"
-        records = json.loads(own_ledger.read_text()) if own_ledger.is_file() else {}
-        common.write_json(own_ledger, {**json.loads(ledger.read_text()), **records})
+    if (archive / "ledger.json").is_file():
+        common.write_json(work_dir / "ledger.json", merged_ledger(archive, work_dir))
 
 
 def export_figures(work_dir: Path, archive: Path) -> List[Path]:
