@@ -37,6 +37,9 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
                                  "instead of InstanceNorm over the crop",
                                  plan_set=("network.descriptor_norm=layer",)),
     "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false)", plan_set=("preprocessing.use_clahe=false",)),
+    "window_hist": ConfigSpec("networks on the CLAHE image, the intensity histogram on the HU window without CLAHE "
+                              "(preprocessing.keep_window_channel=true)",
+                              plan_set=("preprocessing.keep_window_channel=true",)),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
     "ssl_lr_3e-3": ConfigSpec("SSL learning rate 3e-3 (preset 1e-3) for descriptor and condition; density as preset",

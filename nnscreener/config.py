@@ -50,10 +50,19 @@ class PreprocessingConfig:
     use_clahe: bool = True
     clahe_clip_limit: float = 0.05  # skimage's clip_limit (fraction of voxels per tile)
     clahe_nbins: int = 256
+    # beyond the paper: also store the clipped and rescaled HU window *before* CLAHE as a second channel of the
+    # preprocessed data (channel 0 stays the networks' CLAHE input), read only by the density's intensity features
+    # (density.intensity_sigmas_mm / intensity_histogram_bins); needs use_clahe; doubles the preprocessed storage
+    keep_window_channel: bool = False
 
     @property
     def spacing_zyx(self) -> XYZ:
         return _zyx(self.spacing_xyz)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the preprocessed data: the network input (window + CLAHE) [, the window without CLAHE]."""
+        return 2 if self.keep_window_channel else 1
 
 
 @dataclass(frozen=True)
@@ -473,6 +482,9 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
     if cfg.density.intensity_histogram_bins == 1 or cfg.density.intensity_histogram_bins < 0:
         raise ScreenerError(f"density.intensity_histogram_bins must be 0 (off) or at least 2, got "
                             f"{cfg.density.intensity_histogram_bins}")
+    if cfg.preprocessing.keep_window_channel and not cfg.preprocessing.use_clahe:
+        raise ScreenerError("preprocessing.keep_window_channel=true needs preprocessing.use_clahe=true (without CLAHE "
+                            "the network input is the window already)")
     _validate_synthetic_anomalies(cfg.baseline_synthetic)
     _validate_draem_anomalies(cfg.baseline_draem)
     return cfg

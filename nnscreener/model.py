@@ -5,6 +5,8 @@
     anomaly map = density.nll(y, c) = -log q(y | c)   (B, 1, z', y', x'), nats per pooled voxel
                   (or, with ``inference.score = "latent"``, density.latent_energy(y, c) = 0.5 ||z||^2)
 
+x is channel 0 of the patches (the CLAHE image); the optional intensity channels appended to y read channel 1, the
+HU window without CLAHE, where the preprocessing keeps it (``preprocessing.keep_window_channel``), else x.
 (z', y', x') = (Z // sz, Y // sy, X // sx) with the pooling stride ``density.pool_stride_zyx``. The score is a
 negative log-density of the descriptor under what the model learned to expect at that position: higher means
 rarer. It is not a probability of disease and its scale depends on the trained model.
@@ -45,6 +47,9 @@ class ScreenerModel(nn.Module):
         noise_std: std of the Gaussian noise added to the pooled descriptors and conditions in training mode only.
         intensity: optional intensity channels (smoothed intensities, a soft histogram) appended to the descriptor
             before pooling (:mod:`nnscreener.density.intensity`); y then has D + S channels.
+        image_channels: channels of the patches (``preprocessing.channels``): 1 = the network input, which the
+            intensity features read too; 2 = the network input and the HU window without CLAHE, which the
+            intensity features read instead (``preprocessing.keep_window_channel``).
         score: what :meth:`anomaly_map` returns (:data:`nnscreener.config.SCORES`): ``"nll"`` = -log q(y | c),
             ``"latent"`` = the density's ``latent_energy(y, c)`` (the NLL without its log-volume term). Training
             always minimises the NLL. May be changed after loading (``nnScreener_predict --score``).
@@ -52,8 +57,11 @@ class ScreenerModel(nn.Module):
 
     def __init__(self, descriptor: nn.Module, condition: ConditionEncoder, density: nn.Module,
                  pool_stride_zyx: Sequence[int], noise_std: float,
-                 intensity: Optional[IntensityFeatures] = None, score: str = "nll") -> None:
+                 intensity: Optional[IntensityFeatures] = None, score: str = "nll", image_channels: int = 1) -> None:
         super().__init__()
+        if image_channels not in (1, 2):
+            raise ValueError(f"image_channels must be 1 or 2, got {image_channels}")
+        self.image_channels = int(image_channels)
         self.descriptor = descriptor.eval().requires_grad_(False)
         self.intensity = intensity
         self.condition = condition
@@ -71,19 +79,21 @@ class ScreenerModel(nn.Module):
         """Pooled descriptor and condition maps, without noise.
 
         Args:
-            x: (B, 1, Z, Y, X) patches, intensities in [0, 1].
+            x: (B, C, Z, Y, X) patches, intensities in [0, 1], C = :attr:`image_channels` (channel 0 the networks'
+                input).
             origin_zyx: (B, 3) int64 voxel index (z, y, x) of each patch's first voxel in the preprocessed volume.
 
         Returns:
             y (B, D [+ S intensity channels], z', y', x') and c (B, Dc, z', y', x') or None, float32.
         """
-        _check_inputs(x, origin_zyx, self.pool_stride_zyx)
+        _check_inputs(x, origin_zyx, self.pool_stride_zyx, self.image_channels)
+        network_input = x[:, :1]
         with torch.no_grad():
-            y = self.descriptor(x)
+            y = self.descriptor(network_input)
             if self.intensity is not None:
-                y = torch.cat([y.float(), self.intensity(x)], dim=1)
+                y = torch.cat([y.float(), self.intensity(x[:, -1:])], dim=1)
             y = average_pool(y, self.pool_stride_zyx)
-            c = self.condition(x, origin_zyx)
+            c = self.condition(network_input, origin_zyx)
         return y.float(), None if c is None else c.float()
 
     def _nll(self, y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
@@ -117,7 +127,7 @@ class ScreenerModel(nn.Module):
         """The anomaly score map of a batch of patches (never noised): -log q(y | c), or 0.5 ||z||^2 (:attr:`score`).
 
         Args:
-            x: (B, 1, Z, Y, X) patches, intensities in [0, 1]; Z, Y, X divisible by the descriptor's total stride.
+            x: (B, C, Z, Y, X) patches as :meth:`pooled_maps`; Z, Y, X divisible by the descriptor's total stride.
             origin_zyx: (B, 3) int64 voxel index (z, y, x) of each patch's first voxel in the preprocessed volume
                 (may be negative for padded patches); used by the sin-cos condition.
 
@@ -140,9 +150,9 @@ class ScreenerModel(nn.Module):
         return torch.cat([self._score(y, c), y], dim=1)
 
 
-def _check_inputs(x: torch.Tensor, origin_zyx: torch.Tensor, stride_zyx: Tuple[int, int, int]) -> None:
-    if x.ndim != 5 or x.shape[1] != 1:
-        raise ValueError(f"ScreenerModel expects (B, 1, Z, Y, X) patches, got shape {tuple(x.shape)}")
+def _check_inputs(x: torch.Tensor, origin_zyx: torch.Tensor, stride_zyx: Tuple[int, int, int], channels: int) -> None:
+    if x.ndim != 5 or x.shape[1] != channels:
+        raise ValueError(f"ScreenerModel expects (B, {channels}, Z, Y, X) patches, got shape {tuple(x.shape)}")
     if tuple(origin_zyx.shape) != (x.shape[0], 3):
         raise ValueError(f"origin_zyx must be (B, 3) = ({x.shape[0]}, 3), got {tuple(origin_zyx.shape)}")
     if any(size < stride for size, stride in zip(x.shape[2:], stride_zyx)):
@@ -171,7 +181,7 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
     dim = network_embedding_dim(descriptor, config) + (intensity.out_channels if intensity is not None else 0)
     density = density_option(density_cfg.density).build(density_cfg, dim, condition.out_channels)
     return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std,
-                         intensity, config.inference.score)
+                         intensity, config.inference.score, config.preprocessing.channels)
 
 
 def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",

@@ -31,3 +31,11 @@ def test_unknown_keys_and_bad_choices_raise():
         validate(merge(cpu_config(), {"density": {"density": "kde"}}))
     with pytest.raises(ScreenerError, match="section.field=value"):
         parse_set_overrides(["oops"])
+
+
+def test_kept_window_channel_adds_a_channel_and_needs_clahe():
+    assert cpu_config().preprocessing.channels == 1
+    kept = validate(merge(cpu_config(), parse_set_overrides(["preprocessing.keep_window_channel=true"])))
+    assert kept.preprocessing.channels == 2
+    with pytest.raises(ScreenerError, match="keep_window_channel=true needs preprocessing.use_clahe"):
+        validate(merge(kept, {"preprocessing": {"use_clahe": False}}))

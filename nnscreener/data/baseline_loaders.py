@@ -26,7 +26,7 @@ class SyntheticAnomalyDataLoader(DensityPatchDataLoader):
 
     def __init__(self, dataset, batch_size: int, patch_zyx: Sequence[int], spacing_zyx_mm: Sequence[float],
                  anomalies: Any, seed: int, make_anomaly: AnomalyFn = make_synthetic_anomaly) -> None:
-        super().__init__(dataset, batch_size, patch_zyx, seed)
+        super().__init__(dataset, batch_size, patch_zyx, seed, channels=1)  # the networks' input channel (C3)
         self.spacing_zyx_mm = tuple(float(s) for s in spacing_zyx_mm)
         self.anomalies = anomalies
         self.make_anomaly = make_anomaly
@@ -57,9 +57,10 @@ class SyntheticAnomalyDataLoader(DensityPatchDataLoader):
 
 def make_patch_loader(plans: ScreenerPlans, identifiers: Sequence[str], batch_size: int, num_workers: int,
                       seed: int, pin_memory: bool = False) -> Loader:
-    """Plain patches of ``network.patch_size_zyx`` (batches as the density loader's, docs/design.md C8)."""
+    """Plain patches of ``network.patch_size_zyx`` (batches as the density loader's, docs/design.md C8), of the
+    networks' input channel only (a kept HU window, C3, is not the baselines')."""
     loader = DensityPatchDataLoader(open_preprocessed_dataset(plans.data_dir, identifiers), batch_size,
-                                    plans.config.network.patch_size_zyx, seed)
+                                    plans.config.network.patch_size_zyx, seed, channels=1)
     return wrap_in_workers(loader, num_workers, seed, pin_memory)
 
 

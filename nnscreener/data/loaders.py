@@ -96,14 +96,15 @@ class SSLPairDataLoader(SeededCaseLoader):
         return random_block_mask(self.patch_zyx, m.block_fraction, m.ratio, m.probability, self.rng)
 
     def make_pair(self, identifier: str) -> Dict[str, torch.Tensor]:
-        """One case's sample: 'view1', 'view2', 'mask1', 'mask2' (C or 1, Z, Y, X); 'idx1', 'idx2' (n, 3)."""
+        """One case's sample: 'view1', 'view2', 'mask1', 'mask2' (1, Z, Y, X); 'idx1', 'idx2' (n, 3)."""
         data, seg, _, _ = self._data.load_case(identifier)
         params = sample_pair_params(data.shape[1:], self.patch_zyx, self.spacing_factor_range, self.rng)
         idx1, idx2 = sample_positions(params, seg, self.n_pairs, self.rng)
         sample = {"idx1": torch.from_numpy(idx1), "idx2": torch.from_numpy(idx2)}
         for k, box in (("1", params.box1), ("2", params.box2)):
             spacing = tuple(s * f for s, f in zip(self.spacing_zyx_mm, box.voxel_size(self.patch_zyx)))
-            view = augment_view(extract_view(data, box, self.patch_zyx, params.orientation), spacing,
+            # channel 0 only: the networks' input (a kept HU window, preprocessing.keep_window_channel, is not)
+            view = augment_view(extract_view(data, box, self.patch_zyx, params.orientation, channels=1), spacing,
                                 self.augmentation, self.rng)
             mask = self._mask()[None]
             sample["view" + k] = view * mask
@@ -111,7 +112,7 @@ class SSLPairDataLoader(SeededCaseLoader):
         return sample
 
     def generate_train_batch(self) -> Dict[str, Any]:
-        """A batch per docs/design.md C7: 'view1', 'view2', 'mask1', 'mask2' (B, C, Z, Y, X) float32; 'idx1', 'idx2'
+        """A batch per docs/design.md C7: 'view1', 'view2', 'mask1', 'mask2' (B, 1, Z, Y, X) float32; 'idx1', 'idx2'
         (B, n, 3) int64 (z, y, x); 'keys' the case identifiers."""
         keys = self.draw_identifiers()
         samples = [self.make_pair(k) for k in keys]
@@ -143,9 +144,11 @@ class DensityPatchDataLoader(SeededCaseLoader):
     """Batches of plain patches for density training (docs/design.md C8): no augmentation, centred on a random body
     voxel (nnU-Net's stored ``class_locations`` of the body label; any voxel if a case has none)."""
 
-    def __init__(self, dataset: nnUNetDatasetBlosc2, batch_size: int, patch_zyx: Sequence[int], seed: int):
+    def __init__(self, dataset: nnUNetDatasetBlosc2, batch_size: int, patch_zyx: Sequence[int], seed: int,
+                 channels: Optional[int] = None):
         super().__init__(dataset, batch_size, seed)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
+        self.channels = channels  # read only the first ``channels`` of docs/design.md C3 (None: all)
 
     def make_patch(self, identifier: str) -> Tuple[torch.Tensor, Tuple[int, ...]]:
         """One case's patch (C, Z, Y, X) float32 (zero-padded outside the volume) and its origin (z, y, x)."""
@@ -158,6 +161,8 @@ class DensityPatchDataLoader(SeededCaseLoader):
             centre = [self.rng.integers(s) for s in shape]
         origin = patch_origin(centre, shape, self.patch_zyx)
         box = [[o, o + p] for o, p in zip(origin, self.patch_zyx)]
+        if self.channels is not None:
+            box = [[0, self.channels], *box]
         patch = np.asarray(crop_and_pad_nd(data, box, pad_value=0), dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(patch)), origin
 

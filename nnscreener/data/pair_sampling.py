@@ -216,14 +216,18 @@ def sample_pair_params(volume_shape_zyx: Sequence[int], patch_zyx: Sequence[int]
 
 
 def _read_oriented_box(array: Any, orientation: Orientation, start_zyx: Sequence[int],
-                       stop_zyx: Sequence[int]) -> np.ndarray:
-    """Reads only the oriented-frame box ``[start, stop)`` of a (..., z, y, x) array (numpy or memory-mapped
-    blosc2), zero-padded outside the volume, and returns it oriented."""
+                       stop_zyx: Sequence[int], channels: Optional[int] = None) -> np.ndarray:
+    """Reads only the oriented-frame box ``[start, stop)`` of a (C, z, y, x) array (numpy or memory-mapped
+    blosc2), zero-padded outside the volume, and returns it oriented; only the first ``channels`` channels if
+    given."""
     box = orientation.box_in_volume(start_zyx, stop_zyx, array.shape[-3:])
+    if channels is not None:
+        box = [[0, int(channels)], *box]
     return orientation.apply(np.asarray(crop_and_pad_nd(array, box, pad_value=0)))
 
 
-def extract_view(volume: Any, box: CropBox, patch_zyx: Sequence[int], orientation: Orientation) -> torch.Tensor:
+def extract_view(volume: Any, box: CropBox, patch_zyx: Sequence[int], orientation: Orientation,
+                 channels: Optional[int] = None) -> torch.Tensor:
     """Cuts one view out of a volume: crop (zero-padded outside), orient, resize to the patch.
 
     Args:
@@ -231,11 +235,12 @@ def extract_view(volume: Any, box: CropBox, patch_zyx: Sequence[int], orientatio
         box: crop box in the oriented frame.
         patch_zyx: output spatial shape (Z, Y, X).
         orientation: the pair's shared flips / rot90.
+        channels: read only the first ``channels`` channels (None: all).
 
     Returns:
-        (C, Z, Y, X) float32 tensor (linear interpolation, ``align_corners=False``).
+        (C, Z, Y, X) float32 tensor (linear interpolation, ``align_corners=False``), C = ``channels`` if given.
     """
-    region = _read_oriented_box(volume, orientation, box.start_zyx, box.stop_zyx)
+    region = _read_oriented_box(volume, orientation, box.start_zyx, box.stop_zyx, channels)
     view = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))
     if tuple(view.shape[1:]) != tuple(patch_zyx):
         view = F.interpolate(view[None], size=tuple(int(p) for p in patch_zyx), mode="trilinear",

@@ -44,7 +44,7 @@ def teacher_fields(model, data: torch.Tensor, patch_zyx: Sequence[int], step: fl
 
     Args:
         model: a ScreenerModel (``anomaly_map`` / ``anomaly_map_and_features``), on its device, eval mode.
-        data: (1, z, y, x) teacher-preprocessed intensities in [0, 1].
+        data: (C, z, y, x) teacher-preprocessed intensities in [0, 1] (all channels of docs/design.md C3).
         patch_zyx, step, blending, batch_size: the window settings (the teacher plans' patch; ``inference.*``).
         with_features: also return the pooled descriptor channels.
 

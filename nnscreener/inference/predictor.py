@@ -7,7 +7,8 @@ thread and batched; the blend is accumulated in float32 on the device and moved 
 fall-back to a host accumulator when the GPU runs out of memory); autocast only on CUDA. One bad case (unreadable
 file, non-3D image) is reported and the others still complete.
 
-Axis order: preprocessed data is (1, z, y, x) in [0, 1]; patches are (B, 1, Z, Y, X); maps are NLL in nats.
+Axis order: preprocessed data is (C, z, y, x) in [0, 1] (docs/design.md C3); patches are (B, C', Z, Y, X), C' the
+model's ``image_channels`` (1 unless it has the attribute); maps are NLL in nats.
 """
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ class ScreenerPredictor:
         num_processes_preprocessing: preprocessing worker processes; 0 preprocesses in the calling thread.
         num_processes_export: export (resampling + writing) worker processes; 0 exports in the calling thread.
         progress: show progress bars and print the final summary.
-        preprocess_fn: ``(image_files, plans) -> PreprocessedCase`` (docs/design.md C4; fields ``data`` (1, z, y, x),
+        preprocess_fn: ``(image_files, plans) -> PreprocessedCase`` (docs/design.md C4; fields ``data`` (C, z, y, x),
             ``body_mask`` (z, y, x) bool, ``properties``). Default: nnScreener's training preprocessing. It must be
             a module-level function when worker processes are used.
         allow_non_ct: with the default ``preprocess_fn``, accept scans whose intensities do not look like CT in HU.
@@ -229,6 +230,8 @@ class ScreenerPredictor:
         self.progress = progress
         self.preprocess_fn = preprocess_fn or default_preprocess_fn(allow_non_ct)
         self.model = model.to(self.device).eval()
+        # leading channels of the preprocessed data the model reads (docs/design.md C3, C9): 1 unless it says
+        self.image_channels = int(getattr(model, "image_channels", 1))
         if score is not None:
             set_anomaly_score(self.model, score)
         if self.device.type == "cuda":
@@ -270,14 +273,20 @@ class ScreenerPredictor:
         """The blended anomaly map of one preprocessed volume.
 
         Args:
-            data: (1, z, y, x) float intensities in [0, 1] (any size; smaller than a patch is padded with 0).
+            data: (C, z, y, x) float intensities in [0, 1] (any size; smaller than a patch is padded with 0); the
+                model reads the first :attr:`image_channels` channels (docs/design.md C3, C9).
 
         Returns:
             (z, y, x) float32 NLL map in nats, on the device (on the host after a GPU out-of-memory fall-back).
         """
         data = torch.as_tensor(data, dtype=torch.float32)
-        if data.ndim != 4 or data.shape[0] != 1:
-            raise ScreenerError(f"expected a preprocessed (1, z, y, x) volume, got shape {tuple(data.shape)}")
+        channels = self.image_channels
+        if data.ndim != 4 or data.shape[0] < channels:
+            raise ScreenerError(f"expected a preprocessed ({channels}, z, y, x) volume, got shape "
+                                f"{tuple(data.shape)}" + (" (the model reads the HU window kept by "
+                                "preprocessing.keep_window_channel: preprocess with the model's plans)"
+                                if channels > 1 else ""))
+        data = data[:channels]
         padded = pad_to_patch(data, self.patch_zyx)
         try:
             blended = self._blend_windows(padded, self.device)
@@ -291,14 +300,14 @@ class ScreenerPredictor:
         return blended[padded.crop]
 
     def _blend_windows(self, padded: PaddedVolume, results_device: torch.device) -> torch.Tensor:
-        volume = padded.data.to(results_device)  # (1, Z, Y, X), moved once
+        volume = padded.data.to(results_device)  # (C, Z, Y, X), moved once
         stitcher = Stitcher(volume.shape[1:], self.patch_zyx, self.blending, results_device)
         windows = list(iter_windows(volume.shape[1:], self.patch_zyx, self.step_size))
         offset_zyx = torch.tensor(padded.offset_zyx, dtype=torch.int64)
 
         def patches() -> Iterator[Tuple[List[Window], torch.Tensor, torch.Tensor]]:
             for batch in batched(iter(windows), self.batch_size):
-                x = torch.stack([volume[(slice(None), *w)] for w in batch])  # (B, 1, Z, Y, X)
+                x = torch.stack([volume[(slice(None), *w)] for w in batch])  # (B, C, Z, Y, X)
                 starts = torch.tensor([[w.start for w in window] for window in batch], dtype=torch.int64)
                 origin_zyx = starts - offset_zyx  # (B, 3) first voxel in the unpadded volume (negative in padding)
                 yield batch, x.to(self.device, non_blocking=True), origin_zyx.to(self.device, non_blocking=True)

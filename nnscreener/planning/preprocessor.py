@@ -7,7 +7,9 @@ Per case, in order (paper App. D; docs/method-notes.md section 1):
 3. resample to the plans' spacing with the plans' nnU-Net resampling function (cubic, HU);
 4. body mask at the target spacing (:func:`nnscreener.planning.body_mask.body_mask_from_hu`);
 5. clip to ``preprocessing.clip_hu`` and rescale to [0, 1] (:mod:`nnscreener.planning.normalization`);
-6. 3D CLAHE of the resampled volume (:mod:`nnscreener.planning.clahe`), unless ``preprocessing.use_clahe`` is off.
+6. 3D CLAHE of the resampled volume (:mod:`nnscreener.planning.clahe`), unless ``preprocessing.use_clahe`` is off;
+   with ``preprocessing.keep_window_channel`` the window of step 5 is kept as a second channel (the density's
+   intensity features read it; the networks read channel 0 only).
 
 The result keeps nnU-Net's properties (``spacing``, ``sitk_stuff``, ``shape_before_cropping``,
 ``bbox_used_for_cropping``, ``shape_after_cropping_and_before_resampling``, ``class_locations`` for training
@@ -44,7 +46,8 @@ class PreprocessedCase:
     """One preprocessed CT.
 
     Attributes:
-        data: (1, z, y, x) float32 in [0, 1] at the plans' spacing.
+        data: (C, z, y, x) float32 in [0, 1] at the plans' spacing; channel 0 the networks' input, channel 1 (with
+            ``preprocessing.keep_window_channel``) the HU window without CLAHE.
         body_mask: (z, y, x) bool, True inside the body.
         properties: nnU-Net's properties dict (see the module docstring).
     """
@@ -193,7 +196,11 @@ class ScreenerPreprocessor(DefaultPreprocessor):
 
     def _preprocess(self, data: np.ndarray, properties: dict, plans_manager: PlansManager,
                     configuration_manager: ConfigurationManager) -> Tuple[np.ndarray, np.ndarray, dict]:
-        """Crop, resample, body mask, clip/rescale, CLAHE. ``data`` (1, z, y, x) float32 HU is not modified."""
+        """Crop, resample, body mask, clip/rescale, CLAHE. ``data`` (1, z, y, x) float32 HU is not modified.
+
+        Returns data (``preprocessing.channels``, z, y, x) float32 in [0, 1], the (1, z, y, x) int16 body mask and
+        the properties.
+        """
         cfg = self._resolve_config(plans_manager)
         if data.shape[0] != 1:
             raise ScreenerError(f"expected one CT channel, got {data.shape[0]} channels")
@@ -229,7 +236,10 @@ class ScreenerPreprocessor(DefaultPreprocessor):
         data = self._normalize(data, mask[None], configuration_manager,
                                plans_manager.foreground_intensity_properties_per_channel, clip_hu=cfg.clip_hu)
         if cfg.use_clahe:
+            window = data[0].copy() if cfg.keep_window_channel else None
             data[0] = clahe_3d(data[0], clip_limit=cfg.clahe_clip_limit, nbins=cfg.clahe_nbins)
+            if window is not None:
+                data = np.stack([data[0], window])
         if self.verbose:
             print(f"crop {bbox}, shape {tuple(properties['shape_after_cropping_and_before_resampling'])} -> "
                   f"{tuple(data.shape[1:])}, spacing {spacing} -> {target_spacing}")
@@ -273,7 +283,8 @@ def preprocess_case(image_files: Sequence[str], plans, allow_non_ct: bool = Fals
         allow_non_ct: skip the check that the intensities look like CT in HU.
 
     Returns:
-        :class:`PreprocessedCase` with data (1, z, y, x) float32 in [0, 1], body_mask (z, y, x) bool, and
+        :class:`PreprocessedCase` with data (C, z, y, x) float32 in [0, 1] (C = ``preprocessing.channels``: the
+        network input [, the window without CLAHE]), body_mask (z, y, x) bool, and
         nnU-Net's properties (no ``class_locations``).
 
     Raises:

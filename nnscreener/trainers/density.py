@@ -95,7 +95,7 @@ class DensityTrainer(ScreenerTrainerBase):
 
     def compute_loss(self, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Mean NLL (nats per pooled voxel) of a batch of patches (docs/design.md C8: 'image', 'origin_zyx')."""
-        image = torch.as_tensor(batch["image"]).to(self.device, non_blocking=True)  # (B, 1, Z, Y, X)
+        image = torch.as_tensor(batch["image"]).to(self.device, non_blocking=True)  # (B, C, Z, Y, X)
         origin_zyx = torch.as_tensor(batch["origin_zyx"]).to(self.device, non_blocking=True)  # (B, 3)
         nll = self.network(image, origin_zyx)  # (B, 1, z', y', x')
         with torch.no_grad():

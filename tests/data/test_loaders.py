@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnscreener.data.baseline_loaders import make_patch_loader
 from nnscreener.data.loaders import make_density_loader, make_ssl_loader, patch_origin
 from nnscreener.errors import ScreenerError
 from tests.helpers.fake_dataset import make_fake_preprocessed_dataset
@@ -113,6 +114,29 @@ def test_density_pads_volumes_smaller_than_the_patch(nnunet_env):
         inner = image[:, z:z + 20, y:y + 30, x:x + 30].numpy()
         np.testing.assert_array_equal(inner, data)
         assert image.sum().item() == pytest.approx(float(data.sum()), rel=1e-5)  # zero padding elsewhere
+
+
+def test_a_kept_window_channel_reaches_the_density_batches_but_not_the_ssl_views(nnunet_env):
+    """preprocessing.keep_window_channel (docs/design.md C3): SSL views hold channel 0 only (C7), density patches every
+    channel (C8), the baselines' patches channel 0 (C12)."""
+    plans = make_fake_preprocessed_dataset(nnunet_env, dataset_id=992, shape_zyx=(40, 64, 64), window_channel=True)
+    patch = plans.config.network.patch_size_zyx
+    ssl = next(make_ssl_loader(plans.with_overrides(NO_AUGMENTATION), CASES, masking=True, num_workers=0, seed=0))
+    for k in ("view1", "view2", "mask1", "mask2"):
+        assert ssl[k].shape == (plans.config.ssl.batch_size, 1, *patch)
+    density = next(make_density_loader(plans, CASES, num_workers=0, seed=0))
+    assert density["image"].shape == (plans.config.density.batch_size, 2, *patch)
+    for image, origin, case in zip(density["image"], density["origin_zyx"].tolist(), density["keys"]):
+        data, _ = read_case(plans, case)
+        z, y, x = origin
+        np.testing.assert_array_equal(image.numpy(), data[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]])
+        np.testing.assert_allclose(image[1].numpy(), image[0].numpy() ** 2, rtol=1e-6)
+    baseline = next(make_patch_loader(plans, CASES, batch_size=2, num_workers=0, seed=0))
+    assert baseline["image"].shape == (2, 1, *patch)
+    for image, origin, case in zip(baseline["image"], baseline["origin_zyx"].tolist(), baseline["keys"]):
+        data, _ = read_case(plans, case)
+        z, y, x = origin
+        np.testing.assert_array_equal(image.numpy(), data[:1, z:z + patch[0], y:y + patch[1], x:x + patch[2]])
 
 
 def test_patch_origin_centres_then_shifts_inside():

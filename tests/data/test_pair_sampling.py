@@ -3,6 +3,7 @@ import itertools
 import blosc2
 import numpy as np
 import pytest
+import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from nnscreener.data.pair_sampling import (CropBox, Orientation, PairParams, extract_view, extract_views,
@@ -76,6 +77,10 @@ def test_view_voxel_centres_follow_the_documented_mapping():
         line = view[a].numpy().transpose(*([a] + [d for d in range(3) if d != a]))[:, -1, -1]
         inside = (centres >= 0) & (centres <= vol.shape[1 + a] - 1)  # linear field, no padding involved
         np.testing.assert_allclose(line[inside], centres[inside], atol=1e-4)
+
+    first = extract_view(vol, box, PATCH, Orientation(flip_zyx=(True, False, True), rot90_k=1), channels=1)
+    assert torch.equal(first, extract_view(vol[:1], box, PATCH, Orientation(flip_zyx=(True, False, True), rot90_k=1)))
+    assert first.shape == (1, *PATCH)
 
 
 @pytest.mark.parametrize("factor_range", [(1.0, 1.5), (1.0, 2.0), (1.0, 4.0)])

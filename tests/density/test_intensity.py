@@ -11,10 +11,10 @@ import math
 import pytest
 
 from nnscreener.config import cpu_config, merge, validate
-from nnscreener.density.conditions import average_pool
+from nnscreener.density.conditions import NoCondition, average_pool
 from nnscreener.density.intensity import IntensityFeatures, soft_histogram
 from nnscreener.errors import ScreenerError
-from nnscreener.model import build_screener_model
+from nnscreener.model import ScreenerModel, build_screener_model
 
 
 def test_intensity_features_match_scipy_gaussian_filter_with_nearest_padding():
@@ -49,6 +49,41 @@ def test_screener_model_appends_pooled_intensities_to_the_descriptor():
     assert c is None and y.shape == (1, 5, 4, 3, 3)
     torch.testing.assert_close(y[:, 3:4], average_pool(100.0 * x, (1, 2, 2)))  # sigma 0: the image itself
     assert torch.equal(y[:, :3], torch.zeros(1, 3, 4, 3, 3))
+
+
+class _RecordingDescriptor(_ConstantDescriptor):
+    def forward(self, x):
+        self.seen = x
+        return super().forward(x)
+
+
+class _RecordingCondition(NoCondition):
+    def forward(self, image, origin_zyx):
+        self.seen = image
+        return None
+
+
+def test_with_a_kept_window_the_networks_read_channel_0_and_the_intensities_channel_1():
+    """preprocessing.keep_window_channel: descriptor and condition see the CLAHE channel, the intensity features the
+    window kept beside it."""
+    config = merge(cpu_config(), {"preprocessing": {"keep_window_channel": True},
+                                  "density": {"condition": "none", "density": "gaussian", "intensity_sigmas_mm": "0",
+                                              "intensity_histogram_bins": 0, "pool_stride_xyz": "2,2,1"}})
+    descriptor = _RecordingDescriptor()
+    built = build_screener_model(config, descriptor)
+    assert built.image_channels == 2
+    condition = _RecordingCondition()
+    model = ScreenerModel(descriptor, condition, built.density, built.pool_stride_zyx, 0.0, built.intensity,
+                          image_channels=built.image_channels)
+    x = torch.rand(1, 2, 4, 6, 6)
+    origin = torch.zeros(1, 3, dtype=torch.int64)
+    y, _ = model.pooled_maps(x, origin)
+    assert torch.equal(descriptor.seen, x[:, :1]) and torch.equal(condition.seen, x[:, :1])
+    torch.testing.assert_close(y[:, 3:4], average_pool(100.0 * x[:, 1:], (1, 2, 2)))
+    with pytest.raises(ValueError, match=r"\(B, 2, Z, Y, X\) patches"):
+        model.pooled_maps(x[:, :1], origin)
+    without = merge(config, {"preprocessing": {"keep_window_channel": False}})
+    assert build_screener_model(without, _ConstantDescriptor()).image_channels == 1
 
 
 def test_soft_histogram_matches_the_normalised_gaussian_memberships_voxel_by_voxel():

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from nnscreener import paths
-from nnscreener.config import get_preset
+from nnscreener.config import get_preset, merge
 from nnscreener.plans import ScreenerPlans, load_plans
 
 _CONV3D = "torch.nn.modules.conv.Conv3d"
@@ -102,7 +102,7 @@ def _write_json(path: Path, obj: Mapping) -> None:
 
 def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_cases: int = 3,
                                    shape_zyx: Tuple[int, int, int] = (40, 64, 64),
-                                   preset: str = "cpu") -> ScreenerPlans:
+                                   preset: str = "cpu", window_channel: bool = False) -> ScreenerPlans:
     """Writes plans, dataset.json and ``n_cases`` blosc2 cases of smooth phantoms under ``nnUNet_preprocessed``.
 
     Args:
@@ -112,6 +112,8 @@ def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_case
         n_cases: number of cases ``case_000``, ``case_001``, ...
         shape_zyx: voxel shape of every case, (z, y, x).
         preset: config preset stored in the plans' ``"nnscreener"`` block (``"cpu"`` -> ``nnScreenerPlans_cpu``).
+        window_channel: store a second channel, the phantom squared, as ``preprocessing.keep_window_channel``
+            preprocessing stores the HU window beside the CLAHE image (docs/design.md C3).
 
     Returns:
         The dataset's plans, loaded through :func:`nnscreener.plans.load_plans`.
@@ -119,6 +121,8 @@ def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_case
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 
     config = get_preset(preset)
+    if window_channel:
+        config = merge(config, {"preprocessing": {"keep_window_channel": True}})
     name = f"Dataset{dataset_id:03d}_Fake"
     plans_name = plans_name_for_preset(preset)
     spacing_zyx = tuple(float(s) for s in config.preprocessing.spacing_zyx)
@@ -186,7 +190,7 @@ def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_case
     rng = np.random.default_rng(dataset_id)
     for i in range(n_cases):
         image, body = _phantom(shape_zyx, rng)
-        data = image[None]  # (1, z, y, x) float32
+        data = np.stack([image, image ** 2]) if window_channel else image[None]  # (C, z, y, x) float32
         seg = body[None].astype(np.int16)  # (1, z, y, x) body mask
         blocks, chunks = comp_blosc2_params(data.shape, patch_zyx, data.itemsize)
         blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch_zyx, seg.itemsize)

@@ -121,7 +121,29 @@ def test_options_default_to_the_plans_and_bad_values_are_rejected(plans):
     with pytest.raises(ScreenerError, match="batch size"):
         _predictor(plans, PointwiseModel(), batch_size=0)
     with pytest.raises(ScreenerError, match=r"\(1, z, y, x\)"):
-        predictor.predict_preprocessed(np.zeros((2, 8, 8, 8), np.float32))
+        predictor.predict_preprocessed(np.zeros((8, 8, 8), np.float32))
+
+
+class SecondChannelModel(PointwiseModel):
+    """A stand-in that reads two channels (as a ScreenerModel with a kept HU window) and maps the second."""
+
+    image_channels = 2
+
+    def anomaly_map(self, x: torch.Tensor, origin_zyx: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 2
+        return super().anomaly_map(x[:, 1:], origin_zyx)
+
+
+def test_a_model_reads_as_many_channels_as_it_says_and_more_are_needed_than_the_data_has(plans):
+    """docs/design.md C9: a model without ``image_channels`` gets channel 0 of (C, z, y, x) data; one with 2 gets
+    both; too few channels for the model is refused with the reason."""
+    data = np.random.default_rng(1).random((2, 9, 13, 11), dtype=np.float32)
+    first = _predictor(plans, PointwiseModel()).predict_preprocessed(data)
+    np.testing.assert_allclose(first.numpy(), global_pointwise_map(data[:1]), rtol=1e-5, atol=1e-5)
+    second = _predictor(plans, SecondChannelModel()).predict_preprocessed(data)
+    np.testing.assert_allclose(second.numpy(), global_pointwise_map(data[1:]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ScreenerError, match=r"\(2, z, y, x\) volume.*keep_window_channel"):
+        _predictor(plans, SecondChannelModel()).predict_preprocessed(data[:1])
 
 
 def test_a_missing_model_folder_or_checkpoint_is_named(tmp_path):

@@ -84,6 +84,26 @@ def test_plan_and_preprocess_end_to_end(nnunet_env):
     assert [p.name for p in pre_root.iterdir()] == [raw.name]
 
 
+def test_a_kept_window_channel_is_stored_beside_the_clahe_image(nnunet_env):
+    """preprocessing.keep_window_channel through the whole pipeline (nnU-Net's preprocessing and blosc2 files): the
+    stored data has two channels, channel 0 the CLAHE of channel 1 (docs/design.md C3)."""
+    from nnscreener.planning.clahe import clahe_3d
+
+    write_phantom_raw_dataset(nnunet_env["nnUNet_raw"], n_cases=2)
+    config = merge(CPU, parse_set_overrides(["preprocessing.keep_window_channel=true"]))
+    plan_and_preprocess(500, config, num_processes=1, plans_name="nnScreenerPlans_cpu_window")
+    plans = load_plans(500, "nnScreenerPlans_cpu_window")
+    assert plans.config.preprocessing.channels == 2
+    dataset = nnUNetDatasetBlosc2(str(plans.data_dir))
+    for key in dataset.identifiers:
+        data, seg, _, _ = dataset.load_case(key)
+        data = np.asarray(data[:])
+        assert data.shape == (2, *seg.shape[1:]) and data.dtype == np.float32
+        cfg = plans.config.preprocessing
+        np.testing.assert_allclose(data[0], clahe_3d(data[1], cfg.clahe_clip_limit, nbins=cfg.clahe_nbins), atol=1e-6)
+        assert not np.array_equal(data[0], data[1])
+
+
 def _assert_nothing_written(env):
     assert list(Path(env["nnUNet_preprocessed"]).iterdir()) == []
 

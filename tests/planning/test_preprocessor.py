@@ -125,6 +125,19 @@ def test_intensities_are_resampled_clipped_hu_then_clahe(planned):
     assert with_clahe.data.dtype == np.float32 and with_clahe.data.min() == 0.0 and with_clahe.data.max() == 1.0
 
 
+def test_kept_window_channel_is_the_input_before_clahe(planned):
+    """preprocessing.keep_window_channel: channel 0 stays the CLAHE input, channel 1 is the window without CLAHE."""
+    plans, env = planned
+    with_clahe = preprocess_case([_image(env)], plans)
+    no_clahe = preprocess_case([_image(env)], plans.with_overrides({"preprocessing": {"use_clahe": False}}))
+    kept = preprocess_case([_image(env)], plans.with_overrides({"preprocessing": {"keep_window_channel": True}}))
+    assert kept.data.shape == (2, *with_clahe.data.shape[1:]) and kept.data.dtype == np.float32
+    np.testing.assert_array_equal(kept.data[:1], with_clahe.data)
+    np.testing.assert_array_equal(kept.data[1:], no_clahe.data)
+    assert not np.array_equal(kept.data[0], kept.data[1])
+    np.testing.assert_array_equal(kept.body_mask, with_clahe.body_mask)
+
+
 def test_geometry_properties_invert_with_nnunet_functions(planned):
     plans, env = planned
     case = preprocess_case([_image(env)], plans)

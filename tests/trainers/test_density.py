@@ -175,3 +175,25 @@ def test_cli_trains_a_variant_and_continues_it(frozen_stages, nnunet_env):
     assert adam_steps == {6.0}  # one optimizer state carried across the continuation
     log = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
     assert "at iteration 3" in log and "iteration 6/6" in log
+
+
+def test_a_kept_hu_window_reaches_the_density_and_not_the_frozen_networks(nnunet_env, monkeypatch):
+    """preprocessing.keep_window_channel: training reads 2-channel patches; the loaded model's networks see channel
+    0 only, its intensity histogram channel 1 (docs/design.md C3, C9)."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    plans = make_fake_preprocessed_dataset(nnunet_env, dataset_id=DATASET_ID, n_cases=2, shape_zyx=(24, 40, 40),
+                                           window_channel=True)
+    write_frozen_stage(plans, "descriptor", 1, seed=0)
+    write_frozen_stage(plans, "condition", 2, seed=1)
+    trainer = make_trainer(plans, "masking", "gaussian", ["density.intensity_histogram_bins=4"])
+    trainer.initialize()
+    trainer.run_training()
+    model, config = load_screener_model(trainer.output_folder, "cpu")
+    assert config.preprocessing.keep_window_channel and model.image_channels == 2
+    x = torch.rand(1, 2, 8, 16, 16)
+    other_window = torch.cat([x[:, :1], 1.0 - x[:, 1:]], dim=1)
+    origin = torch.zeros(1, 3, dtype=torch.int64)
+    (y, c), (y_other, c_other) = model.pooled_maps(x, origin), model.pooled_maps(other_window, origin)
+    assert torch.equal(y[:, :32], y_other[:, :32]) and torch.equal(c, c_other)  # networks: channel 0 only
+    assert not torch.allclose(y[:, 32:], y_other[:, 32:])  # the histogram: the window channel
+    assert not torch.allclose(model.anomaly_map(x, origin), model.anomaly_map(other_window, origin))
