@@ -236,10 +236,8 @@ class ScreenerPreprocessor(DefaultPreprocessor):
         data = self._normalize(data, mask[None], configuration_manager,
                                plans_manager.foreground_intensity_properties_per_channel, clip_hu=cfg.clip_hu)
         if cfg.use_clahe:
-            window = data[0].copy() if cfg.keep_window_channel else None
-            data[0] = clahe_3d(data[0], clip_limit=cfg.clahe_clip_limit, nbins=cfg.clahe_nbins)
-            if window is not None:
-                data = np.stack([data[0], window])
+            equalised = clahe_3d(data[0], clip_limit=cfg.clahe_clip_limit, nbins=cfg.clahe_nbins)
+            data = np.stack([equalised, data[0]]) if cfg.keep_window_channel else equalised[None]
         if self.verbose:
             print(f"crop {bbox}, shape {tuple(properties['shape_after_cropping_and_before_resampling'])} -> "
                   f"{tuple(data.shape[1:])}, spacing {spacing} -> {target_spacing}")
