@@ -57,6 +57,7 @@ from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: 
 from nnscreener.config import get_preset  # noqa: E402
 from nnscreener.density.conditions import condition_option  # noqa: E402
 from nnscreener.demo import BASE_ITERATIONS as DEMO_ITERATIONS  # noqa: E402
+from nnscreener.synthetic.patient import SIZES  # noqa: E402
 
 BASE_PLANS = "nnScreenerPlans_cpu"
 SSL_STAGES = ("descriptor", "condition")
@@ -171,7 +172,7 @@ class Campaign:
 
         self.raw_root.mkdir(parents=True, exist_ok=True)
         return generate_dataset(self.raw_root, dataset_id=self.args.dataset_id, n_train=self.args.n_train,
-                                n_test=self.args.n_test, size="cpu", seed=self.args.data_seed,
+                                n_test=self.args.n_test, size=self.args.size, seed=self.args.data_seed,
                                 num_processes=self.args.num_processes)
 
     def pre_root(self, plans: str) -> Path:
@@ -583,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_train", type=int, default=40, help="training scans when generated (default 40)")
     p.add_argument("--n_test", type=int, default=12, help="test scans when generated (default 12)")
     p.add_argument("--data_seed", type=int, default=0, help="seed of the generated dataset (default 0)")
+    p.add_argument("--size", choices=SIZES, default="cpu",
+                   help="grid of the generated scans (nnScreener_generate_synthetic --size; default cpu, the demo's); "
+                        "full: clinical 512 x 512 scans, which planning resamples to the preset's spacing")
     p.add_argument("-o", "--output", type=Path, default=RESULTS,
                    help="markdown file for the tables (default benchmarks/RESULTS.md)")
     p.add_argument("--figures", help="folder of the campaign's figures without models, imported before and exported "
@@ -624,7 +628,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--threads, --num_processes must be >= 1; --scales, --config_scale > 0")
     args.base_iterations = tuple(args.base_iterations * (3 if len(args.base_iterations) == 1 else 1))
     start = time.perf_counter()
-    data = {"data_seed": args.data_seed, "dataset_id": args.dataset_id, "n_train": args.n_train,
+    data = {"data_seed": args.data_seed, "size": args.size, "dataset_id": args.dataset_id, "n_train": args.n_train,
             "n_test": args.n_test, "base_iterations": list(args.base_iterations)}
     archive = figures_folder(args)  # imported before the campaign reads its ledger
     if archive is not None and quality_archive.import_figures(archive, args.work_dir.resolve(), data, merged_rows):

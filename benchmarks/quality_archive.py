@@ -21,7 +21,7 @@ import common
 ARCHIVE = common.REPO / "benchmarks" / "figures" / "quality"
 FILES = ("campaign.json", "ledger.json", "tables.json")
 #: The generated dataset's settings an archive's figures belong to (a campaign on other data is refused).
-DATASET_KEYS = ("dataset_id", "n_train", "n_test", "data_seed", "base_iterations")
+DATASET_KEYS = ("dataset_id", "n_train", "n_test", "data_seed", "size", "base_iterations")
 
 
 class ArchiveMismatch(SystemExit):

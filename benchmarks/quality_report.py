@@ -304,8 +304,8 @@ def dataset_description(c: Mapping[str, Any]) -> str:
                     f"{net.get('patch_size_xyz')} voxels (x, y, z), UNet base width {net.get('base_num_features')} "
                     f"(max {net.get('max_num_features')}), d = {net.get('embedding_dim')}, "
                     f"CLAHE {pre.get('use_clahe')}")
-    source = "the demo's" if c.get("reused_demo") else f"generated with the demo's generator, size cpu, seed " \
-                                                        f"{c.get('data_seed')}"
+    source = "the demo's" if c.get("reused_demo") else f"generated with the demo's generator, size " \
+                                                        f"{c.get('size', 'cpu')}, seed {c.get('data_seed')}"
     return f"`{raw}` (built-in synthetic CT, {source}): {n_train} unlabeled training scans, {n_test} test scans " \
            f"with lesion masks{settings}"
 
