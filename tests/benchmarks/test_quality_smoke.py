@@ -136,6 +136,22 @@ def test_imported_figures_keep_what_the_work_dir_measured_and_refuse_another_dat
         archive_module.import_figures(archive, tmp_path / "w3", {**settings, "data_seed": 1}, quality.merged_rows)
 
 
+def test_the_grid_of_a_generated_dataset_is_described_and_keeps_archives_apart(tmp_path):
+    """--size: a campaign on clinical-grid scans says so in its tables and cannot import cpu-grid figures."""
+    for sub in ("imagesTr", "imagesTs"):
+        (tmp_path / "raw" / sub).mkdir(parents=True)
+    (tmp_path / "raw/imagesTs/case_0000.nii.gz").write_bytes(b"")
+    manifest = {"dataset": str(tmp_path / "raw"), "plans_json": str(tmp_path / "none.json"), "size": "full",
+                "data_seed": 1}
+    assert "size full, seed 1): 0 unlabeled training scans, 1 test scans" in report.dataset_description(manifest)
+    assert "size cpu, seed 1" in report.dataset_description({k: v for k, v in manifest.items() if k != "size"})
+    archive = tmp_path / "archive"
+    common.write_json(archive / "campaign.json", {"size": "cpu", "data_seed": 1, "rows": []})
+    with pytest.raises(SystemExit, match="size: 'cpu' there, 'full' here"):
+        archive_module.import_figures(archive, tmp_path / "w", {"size": "full", "data_seed": 1}, quality.merged_rows)
+    assert quality.build_parser().parse_args(["--work_dir", "w"]).size == "cpu"  # the demo's grid by default
+
+
 def test_the_tables_say_when_their_steps_were_measured_on_several_machines(tmp_path):
     (tmp_path / "campaign.json").write_text(json.dumps({"rows": []}))
     ledger = {"a": {"machine": "cpu A, 2 cores"}, "b": {"machine": "cpu A, 2 cores"}, "c": {}}
