@@ -40,6 +40,10 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "window_hist": ConfigSpec("networks on the CLAHE image, the intensity histogram on the HU window without CLAHE "
                               "(preprocessing.keep_window_channel=true)",
                               plan_set=("preprocessing.keep_window_channel=true",)),
+    "window_hist_both": ConfigSpec("window_hist's descriptor and condition; the histogram of both stored channels, the "
+                                   "CLAHE image and the HU window (density.intensity_from_all_channels=true)",
+                                   stage_args={"density": ("--set", "density.intensity_from_all_channels=true")},
+                                   ssl_of="window_hist"),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
     "ssl_lr_3e-3": ConfigSpec("SSL learning rate 3e-3 (preset 1e-3) for descriptor and condition; density as preset",

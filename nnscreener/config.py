@@ -160,6 +160,10 @@ class DensityConfig:
     # soft bin memberships sum to 1, so the pooled channels are the cell's intensity mixture), times
     # intensity_scale, appended the same way; 0 = off
     intensity_histogram_bins: int = 0
+    # beyond the paper: with preprocessing.keep_window_channel, compute the intensity features of both stored
+    # channels (the CLAHE image: contrast to the surrounding tissue; the HU window: absolute density) instead of the
+    # window's only; doubles the intensity channels
+    intensity_from_all_channels: bool = False
     intensity_scale: float = 100.0
     # beyond the paper: the learned condition read from K >= 2 passes with complementary block masks, each voxel's
     # from the pass that masks it (nnscreener/density/conditions.py LearnedCondition); 0 = unmasked (the paper)
@@ -485,6 +489,11 @@ def validate(cfg: ScreenerConfig) -> ScreenerConfig:
     if cfg.preprocessing.keep_window_channel and not cfg.preprocessing.use_clahe:
         raise ScreenerError("preprocessing.keep_window_channel=true needs preprocessing.use_clahe=true (without CLAHE "
                             "the network input is the window already)")
+    if cfg.density.intensity_from_all_channels and not (
+            cfg.preprocessing.keep_window_channel and (cfg.density.intensity_sigmas_mm or
+                                                       cfg.density.intensity_histogram_bins)):
+        raise ScreenerError("density.intensity_from_all_channels=true needs preprocessing.keep_window_channel=true and "
+                            "intensity features (density.intensity_sigmas_mm or density.intensity_histogram_bins)")
     _validate_synthetic_anomalies(cfg.baseline_synthetic)
     _validate_draem_anomalies(cfg.baseline_draem)
     return cfg

@@ -6,7 +6,8 @@
                   (or, with ``inference.score = "latent"``, density.latent_energy(y, c) = 0.5 ||z||^2)
 
 x is channel 0 of the patches (the CLAHE image); the optional intensity channels appended to y read channel 1, the
-HU window without CLAHE, where the preprocessing keeps it (``preprocessing.keep_window_channel``), else x.
+HU window without CLAHE, where the preprocessing keeps it (``preprocessing.keep_window_channel``), else x; with
+``density.intensity_from_all_channels`` they read both channels (features of channel 0, then of channel 1).
 (z', y', x') = (Z // sz, Y // sy, X // sx) with the pooling stride ``density.pool_stride_zyx``. The score is a
 negative log-density of the descriptor under what the model learned to expect at that position: higher means
 rarer. It is not a probability of disease and its scale depends on the trained model.
@@ -50,6 +51,8 @@ class ScreenerModel(nn.Module):
         image_channels: channels of the patches (``preprocessing.channels``): 1 = the network input, which the
             intensity features read too; 2 = the network input and the HU window without CLAHE, which the
             intensity features read instead (``preprocessing.keep_window_channel``).
+        intensity_channels: the channels the intensity features read, each giving ``intensity.out_channels``
+            channels of y in this order; default the last (the window where it is kept, else the network input).
         score: what :meth:`anomaly_map` returns (:data:`nnscreener.config.SCORES`): ``"nll"`` = -log q(y | c),
             ``"latent"`` = the density's ``latent_energy(y, c)`` (the NLL without its log-volume term). Training
             always minimises the NLL. May be changed after loading (``nnScreener_predict --score``).
@@ -57,11 +60,15 @@ class ScreenerModel(nn.Module):
 
     def __init__(self, descriptor: nn.Module, condition: ConditionEncoder, density: nn.Module,
                  pool_stride_zyx: Sequence[int], noise_std: float,
-                 intensity: Optional[IntensityFeatures] = None, score: str = "nll", image_channels: int = 1) -> None:
+                 intensity: Optional[IntensityFeatures] = None, score: str = "nll", image_channels: int = 1,
+                 intensity_channels: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         if image_channels not in (1, 2):
             raise ValueError(f"image_channels must be 1 or 2, got {image_channels}")
         self.image_channels = int(image_channels)
+        self.intensity_channels = tuple(intensity_channels or (image_channels - 1,))
+        if not all(0 <= ch < image_channels for ch in self.intensity_channels):
+            raise ValueError(f"intensity_channels {self.intensity_channels} outside the {image_channels} channels")
         self.descriptor = descriptor.eval().requires_grad_(False)
         self.intensity = intensity
         self.condition = condition
@@ -91,7 +98,8 @@ class ScreenerModel(nn.Module):
         with torch.no_grad():
             y = self.descriptor(network_input)
             if self.intensity is not None:
-                y = torch.cat([y.float(), self.intensity(x[:, -1:])], dim=1)
+                y = torch.cat([y.float(), *(self.intensity(x[:, ch:ch + 1]) for ch in self.intensity_channels)],
+                              dim=1)
             y = average_pool(y, self.pool_stride_zyx)
             c = self.condition(network_input, origin_zyx)
         return y.float(), None if c is None else c.float()
@@ -178,10 +186,13 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
     if density_cfg.intensity_sigmas_mm or density_cfg.intensity_histogram_bins:
         intensity = IntensityFeatures(density_cfg.intensity_sigmas_mm, config.preprocessing.spacing_zyx,
                                       density_cfg.intensity_scale, density_cfg.intensity_histogram_bins)
-    dim = network_embedding_dim(descriptor, config) + (intensity.out_channels if intensity is not None else 0)
+    channels = config.preprocessing.channels
+    intensity_channels = tuple(range(channels)) if density_cfg.intensity_from_all_channels else (channels - 1,)
+    dim = network_embedding_dim(descriptor, config) + \
+        (len(intensity_channels) * intensity.out_channels if intensity is not None else 0)
     density = density_option(density_cfg.density).build(density_cfg, dim, condition.out_channels)
     return ScreenerModel(descriptor, condition, density, density_cfg.pool_stride_zyx, density_cfg.noise_std,
-                         intensity, config.inference.score, config.preprocessing.channels)
+                         intensity, config.inference.score, channels, intensity_channels)
 
 
 def load_screener_model(density_folder: Union[str, Path], device: Union[str, torch.device] = "cpu",

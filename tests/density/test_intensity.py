@@ -86,6 +86,29 @@ def test_with_a_kept_window_the_networks_read_channel_0_and_the_intensities_chan
     assert build_screener_model(without, _ConstantDescriptor()).image_channels == 1
 
 
+def test_intensity_from_all_channels_appends_the_features_of_the_clahe_image_then_of_the_window():
+    """density.intensity_from_all_channels: each stored channel gets its own intensity channels (S + K each), in
+    channel order, after the descriptor's D."""
+    config = merge(cpu_config(), {"preprocessing": {"keep_window_channel": True},
+                                  "density": {"condition": "none", "density": "gaussian", "intensity_sigmas_mm": "0",
+                                              "intensity_histogram_bins": 3, "pool_stride_xyz": "2,2,1",
+                                              "intensity_from_all_channels": True}})
+    model = build_screener_model(validate(config), _ConstantDescriptor())
+    assert model.intensity_channels == (0, 1) and model.density.dim == 3 + 2 * (1 + 3)
+    x = torch.rand(1, 2, 4, 6, 6)
+    y, _ = model.pooled_maps(x, torch.zeros(1, 3, dtype=torch.int64))
+    for offset, channel in ((3, 0), (7, 1)):
+        expected = torch.cat([100.0 * x[:, channel:channel + 1], 100.0 * soft_histogram(x[:, channel:channel + 1], 3)],
+                             dim=1)
+        torch.testing.assert_close(y[:, offset:offset + 4], average_pool(expected, (1, 2, 2)))
+    single = merge(config, {"density": {"intensity_from_all_channels": False}})
+    assert build_screener_model(single, _ConstantDescriptor()).density.dim == 3 + 4  # the window's only
+    with pytest.raises(ScreenerError, match="intensity_from_all_channels=true needs preprocessing.keep_window"):
+        validate(merge(config, {"preprocessing": {"keep_window_channel": False}}))
+    with pytest.raises(ScreenerError, match="intensity_from_all_channels=true needs"):
+        validate(merge(config, {"density": {"intensity_sigmas_mm": "", "intensity_histogram_bins": 0}}))
+
+
 def test_soft_histogram_matches_the_normalised_gaussian_memberships_voxel_by_voxel():
     rng = np.random.default_rng(1)
     image = rng.random((1, 1, 3, 4, 5)).astype(np.float32)
