@@ -216,7 +216,7 @@ class Campaign:
         spec = CONFIGS[config]
         iterations = tuple(max(1, round(scale * n)) for n in self.args.base_iterations)
         steps = str(iterations[0]) if len(set(iterations)) == 1 else "-".join(map(str, iterations))
-        planned = spec.ssl_of or spec.condition_of or spec.models_of or config  # sharing models shares their plans
+        planned = planning_config(config)
         plans = f"{BASE_PLANS}_{planned}" if CONFIGS[planned].plan_set else BASE_PLANS
         train_args = (*spec.train_args, *common.set_args(self.args.train_set))
         return Setup(f"{'untrained' if untrained else config}_it{steps}", config, plans, iterations, train_args,
@@ -259,7 +259,8 @@ class Campaign:
         overrides + its training arguments (+ ``extra`` ``nnScreener_train`` arguments)."""
         from nnscreener.config import merge, parse_set_overrides
 
-        config = merge(get_preset(BASE_PRESET), parse_set_overrides(list(CONFIGS[setup.config].plan_set)))
+        config = merge(get_preset(BASE_PRESET),
+                       parse_set_overrides(list(CONFIGS[planning_config(setup.config)].plan_set)))
         return self.with_run_arguments(config, setup, stage, extra)
 
     def actual_config(self, setup: Setup, stage: str, folder: Path, extra: Sequence[str]):
@@ -528,6 +529,13 @@ class Campaign:
                 self.failed[f"settings/{what}"] = str(e)
             print(f"[failed] {what}: {e}", file=sys.stderr, flush=True)
             return None
+
+
+def planning_config(config: str) -> str:
+    """The configuration whose plans (and planning overrides) ``config`` uses: a configuration that shares another's
+    models (``ssl_of``, ``condition_of``, ``models_of``) shares its plans."""
+    spec = CONFIGS[config]
+    return spec.ssl_of or spec.condition_of or spec.models_of or config
 
 
 def flat_differences(prefix: str, meant, actual) -> List[Tuple[str, object, object]]:

@@ -293,6 +293,23 @@ def test_a_configuration_row_is_the_default_model_only_when_every_stage_resolves
     assert campaign.stage_setups(campaign.setup("linked", 4))["descriptor"].config == "default"
 
 
+def test_a_configuration_sharing_models_is_meant_with_the_planning_overrides_of_their_plans(monkeypatch, tmp_path):
+    """A density-only row on the SSL models of a configuration with its own plans (window_hist_both on
+    window_hist) shares those plans and is meant with their planning overrides, not the bare preset's."""
+    from quality_configs import ConfigSpec
+
+    monkeypatch.setitem(quality.CONFIGS, "kept", ConfigSpec("d", plan_set=("preprocessing.keep_window_channel=true",)))
+    monkeypatch.setitem(quality.CONFIGS, "both", ConfigSpec(
+        "d", stage_args={"density": ("--set", "density.intensity_from_all_channels=true")}, ssl_of="kept"))
+    campaign = quality.Campaign.__new__(quality.Campaign)  # no dataset needed: settings only
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path)])
+    setup = campaign.setup("both", 1)
+    assert setup.plans == "nnScreenerPlans_cpu_kept" and quality.planning_config("both") == "kept"
+    meant = campaign.resolved_config(setup, "density")  # validated: the option needs the kept window
+    assert meant.preprocessing.keep_window_channel and meant.density.intensity_from_all_channels
+    assert not campaign.resolved_config(campaign.setup("default", 1), "density").preprocessing.keep_window_channel
+
+
 def test_tables_show_the_default_model_by_budget_and_the_best_trained_method_per_kind(tmp_path):
     """A budget without a measured scaling row takes a configuration row with the default's settings; Table 4
     names the best trained method per kind and budget, starred when above the intensity floor."""
