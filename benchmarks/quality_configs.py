@@ -36,12 +36,19 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
     "desc_layernorm": ConfigSpec("descriptor with a per-voxel LayerNorm over channels (network.descriptor_norm=layer) "
                                  "instead of InstanceNorm over the crop",
                                  plan_set=("network.descriptor_norm=layer",)),
-    "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false)", plan_set=("preprocessing.use_clahe=false",)),
+    "no_clahe": ConfigSpec("no CLAHE (preprocessing.use_clahe=false; the network input is then the window, so no "
+                           "window is kept beside it)",
+                           plan_set=("preprocessing.use_clahe=false", "preprocessing.keep_window_channel=false")),
     "window_hist": ConfigSpec("networks on the CLAHE image, the intensity histogram on the HU window without CLAHE "
-                              "(preprocessing.keep_window_channel=true)",
-                              plan_set=("preprocessing.keep_window_channel=true",)),
+                              "only (preprocessing.keep_window_channel=true, density.intensity_from_all_channels="
+                              "false)", plan_set=("preprocessing.keep_window_channel=true",),
+                              stage_args={"density": ("--set", "density.intensity_from_all_channels=false")}),
+    "clahe_hist": ConfigSpec("the cpu preset before 2026-12-07: the intensity histogram on the CLAHE image alone, "
+                             "the networks' input (preprocessing.keep_window_channel=false)",
+                             plan_set=("preprocessing.keep_window_channel=false",)),
     "window_hist_both": ConfigSpec("window_hist's descriptor and condition; the histogram of both stored channels, the "
-                                   "CLAHE image and the HU window (density.intensity_from_all_channels=true)",
+                                   "CLAHE image and the HU window (density.intensity_from_all_channels=true); the "
+                                   "cpu preset's since 2026-12-07",
                                    stage_args={"density": ("--set", "density.intensity_from_all_channels=true")},
                                    ssl_of="window_hist"),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",

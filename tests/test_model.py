@@ -139,7 +139,7 @@ def test_density_folder_round_trip(nnunet_env, condition, density):
     model = build_screener_model(config, build_dense_net(plans, 1),
                                  build_dense_net(plans, 2) if condition == "masking" else None)
     patch_zyx = config.network.patch_size_zyx
-    x = torch.rand(2, 1, *patch_zyx)
+    x = torch.rand(2, config.preprocessing.channels, *patch_zyx)
     origin = torch.tensor([[0, 0, 0], [-4, 7, 3]])
     model.train()
     model(x, origin)  # first forward: data-dependent ActNorm initialisation, as in training

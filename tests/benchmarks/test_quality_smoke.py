@@ -298,16 +298,16 @@ def test_a_configuration_sharing_models_is_meant_with_the_planning_overrides_of_
     window_hist) shares those plans and is meant with their planning overrides, not the bare preset's."""
     from quality_configs import ConfigSpec
 
-    monkeypatch.setitem(quality.CONFIGS, "kept", ConfigSpec("d", plan_set=("preprocessing.keep_window_channel=true",)))
-    monkeypatch.setitem(quality.CONFIGS, "both", ConfigSpec(
-        "d", stage_args={"density": ("--set", "density.intensity_from_all_channels=true")}, ssl_of="kept"))
+    monkeypatch.setitem(quality.CONFIGS, "planned", ConfigSpec("d", plan_set=("network.descriptor_norm=layer",)))
+    monkeypatch.setitem(quality.CONFIGS, "density_only", ConfigSpec(
+        "d", stage_args={"density": ("--set", "density.flow_blocks=3")}, ssl_of="planned"))
     campaign = quality.Campaign.__new__(quality.Campaign)  # no dataset needed: settings only
     campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path)])
-    setup = campaign.setup("both", 1)
-    assert setup.plans == "nnScreenerPlans_cpu_kept" and quality.planning_config("both") == "kept"
-    meant = campaign.resolved_config(setup, "density")  # validated: the option needs the kept window
-    assert meant.preprocessing.keep_window_channel and meant.density.intensity_from_all_channels
-    assert not campaign.resolved_config(campaign.setup("default", 1), "density").preprocessing.keep_window_channel
+    setup = campaign.setup("density_only", 1)
+    assert setup.plans == "nnScreenerPlans_cpu_planned" and quality.planning_config("density_only") == "planned"
+    meant = campaign.resolved_config(setup, "density")
+    assert meant.network.descriptor_norm == "layer" and meant.density.flow_blocks == 3
+    assert campaign.resolved_config(campaign.setup("default", 1), "density").network.descriptor_norm != "layer"
 
 
 def test_tables_show_the_default_model_by_budget_and_the_best_trained_method_per_kind(tmp_path):

@@ -93,7 +93,8 @@ def test_density_patches_are_crops_of_the_volume_at_their_origin(plans):
     loader = make_density_loader(plans, CASES, num_workers=0, seed=0)
     for _ in range(3):
         batch = next(loader)
-        assert batch["image"].shape == (bs, 1, *patch) and batch["image"].dtype == torch.float32
+        assert batch["image"].shape == (bs, cfg.preprocessing.channels, *patch)  # the window too where it is kept
+        assert batch["image"].dtype == torch.float32
         assert batch["origin_zyx"].shape == (bs, 3) and batch["origin_zyx"].dtype == torch.int64
         for image, origin, case in zip(batch["image"], batch["origin_zyx"].tolist(), batch["keys"]):
             data, seg = read_case(plans, case)

@@ -39,7 +39,8 @@ class _ConstantDescriptor(torch.nn.Module):
 
 
 def test_screener_model_appends_pooled_intensities_to_the_descriptor():
-    config = merge(cpu_config(), {"density": {"condition": "none", "density": "gaussian",
+    config = merge(cpu_config(), {"preprocessing": {"keep_window_channel": False},  # one channel, as the paper
+                                  "density": {"condition": "none", "density": "gaussian",
                                               "intensity_sigmas_mm": "0,6", "intensity_histogram_bins": 0,
                                               "pool_stride_xyz": "2,2,1"}})
     model = build_screener_model(config, _ConstantDescriptor())
@@ -101,12 +102,12 @@ def test_intensity_from_all_channels_appends_the_features_of_the_clahe_image_the
         expected = torch.cat([100.0 * x[:, channel:channel + 1], 100.0 * soft_histogram(x[:, channel:channel + 1], 3)],
                              dim=1)
         torch.testing.assert_close(y[:, offset:offset + 4], average_pool(expected, (1, 2, 2)))
-    single = merge(config, {"density": {"intensity_from_all_channels": False}})
-    assert build_screener_model(single, _ConstantDescriptor()).density.dim == 3 + 4  # the window's only
-    with pytest.raises(ScreenerError, match="intensity_from_all_channels=true needs preprocessing.keep_window"):
-        validate(merge(config, {"preprocessing": {"keep_window_channel": False}}))
-    with pytest.raises(ScreenerError, match="intensity_from_all_channels=true needs"):
-        validate(merge(config, {"density": {"intensity_sigmas_mm": "", "intensity_histogram_bins": 0}}))
+    last = build_screener_model(merge(config, {"density": {"intensity_from_all_channels": False}}),
+                                _ConstantDescriptor())
+    assert last.intensity_channels == (1,) and last.density.dim == 3 + 4  # the window's only
+    one_channel = build_screener_model(validate(merge(config, {"preprocessing": {"keep_window_channel": False}})),
+                                       _ConstantDescriptor())
+    assert one_channel.intensity_channels == (0,) and one_channel.density.dim == 3 + 4  # all = the only channel
 
 
 def test_soft_histogram_matches_the_normalised_gaussian_memberships_voxel_by_voxel():
@@ -136,7 +137,8 @@ def test_a_cells_histogram_tells_a_mixture_from_a_uniform_cell_of_the_same_mean(
 
 
 def test_screener_model_appends_the_pooled_histogram_and_the_config_refuses_one_bin():
-    config = merge(cpu_config(), {"density": {"condition": "none", "density": "gaussian",
+    config = merge(cpu_config(), {"preprocessing": {"keep_window_channel": False},
+                                  "density": {"condition": "none", "density": "gaussian",
                                               "intensity_histogram_bins": 4, "pool_stride_xyz": "2,2,1"}})
     model = build_screener_model(config, _ConstantDescriptor())
     assert model.density.dim == 3 + 4

@@ -56,11 +56,13 @@ def distill_dataset(nnunet_env, monkeypatch):
 def test_teacher_map_channel_equals_the_predictors_map(distill_dataset):
     plans, folder = distill_dataset
     model, _ = load_screener_model(folder)
-    data = torch.rand(1, 14, 30, 25)
+    channels = plans.config.preprocessing.channels  # the cpu preset keeps the HU window beside the CLAHE image
+    data = torch.rand(channels, 14, 30, 25)
     fields = teacher_fields(model, data, plans.configuration_manager.patch_size, 0.5, "uniform", 3, True)
     reference = ScreenerPredictor(model, plans, progress=False, num_processes_preprocessing=0,
                                   num_processes_export=0, blending="uniform").predict_preprocessed(data)
-    assert fields.shape == (1 + 8 + 8, 14, 30, 25)  # map + the descriptor's 8 channels + the cpu preset's histogram
+    # map + the descriptor's 8 channels + the cpu preset's 8-bin histogram of each stored channel
+    assert fields.shape == (1 + 8 + 8 * channels, 14, 30, 25)
     torch.testing.assert_close(fields[0], reference, rtol=1e-5, atol=1e-5)
     only_map = teacher_fields(model, data, plans.configuration_manager.patch_size, 0.5, "uniform", 3, False)
     torch.testing.assert_close(only_map, fields[:1])

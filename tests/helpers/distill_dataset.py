@@ -49,7 +49,8 @@ def write_teacher(plans: ScreenerPlans, seed: int = 0) -> Path:
     descriptor = build_dense_net(plans, 1, 8)
     model = build_screener_model(plans.config, descriptor)
     with torch.no_grad():  # the Gaussian initialises itself from its first batch, as in training (a trained model's
-        model.train()(torch.rand(2, 1, *plans.config.network.patch_size_zyx), torch.zeros(2, 3, dtype=torch.int64))
+        x = torch.rand(2, plans.config.preprocessing.channels, *plans.config.network.patch_size_zyx)
+        model.train()(x, torch.zeros(2, 3, dtype=torch.int64))
     model.eval()  # state has initialized = True, so every later forward is the same function)
     d = plans.config.density
     folder = paths.stage_folder(plans.dataset_name, stages.DENSITY, stages.density_variant(d.condition, d.density),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -102,7 +102,7 @@ def _write_json(path: Path, obj: Mapping) -> None:
 
 def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_cases: int = 3,
                                    shape_zyx: Tuple[int, int, int] = (40, 64, 64),
-                                   preset: str = "cpu", window_channel: bool = False) -> ScreenerPlans:
+                                   preset: str = "cpu", window_channel: Optional[bool] = None) -> ScreenerPlans:
     """Writes plans, dataset.json and ``n_cases`` blosc2 cases of smooth phantoms under ``nnUNet_preprocessed``.
 
     Args:
@@ -113,7 +113,8 @@ def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_case
         shape_zyx: voxel shape of every case, (z, y, x).
         preset: config preset stored in the plans' ``"nnscreener"`` block (``"cpu"`` -> ``nnScreenerPlans_cpu``).
         window_channel: store a second channel, the phantom squared, as ``preprocessing.keep_window_channel``
-            preprocessing stores the HU window beside the CLAHE image (docs/design.md C3).
+            preprocessing stores the HU window beside the CLAHE image (docs/design.md C3); default the preset's
+            ``keep_window_channel``.
 
     Returns:
         The dataset's plans, loaded through :func:`nnscreener.plans.load_plans`.
@@ -121,8 +122,9 @@ def make_fake_preprocessed_dataset(root_env: dict, dataset_id: int = 990, n_case
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 
     config = get_preset(preset)
-    if window_channel:
-        config = merge(config, {"preprocessing": {"keep_window_channel": True}})
+    if window_channel is None:
+        window_channel = config.preprocessing.keep_window_channel
+    config = merge(config, {"preprocessing": {"keep_window_channel": window_channel}})
     name = f"Dataset{dataset_id:03d}_Fake"
     plans_name = plans_name_for_preset(preset)
     spacing_zyx = tuple(float(s) for s in config.preprocessing.spacing_zyx)

@@ -67,8 +67,8 @@ def test_plan_and_preprocess_end_to_end(nnunet_env):
     for key in dataset.identifiers:
         data, seg, _, props = dataset.load_case(key)
         data, seg = np.asarray(data[:]), np.asarray(seg[:])
-        assert data.dtype == np.float32 and seg.dtype == np.int16 and data.shape == seg.shape
-        assert data.shape[0] == 1 and data.min() == 0.0 and data.max() == 1.0
+        assert data.dtype == np.float32 and seg.dtype == np.int16 and seg.shape == (1, *data.shape[1:])
+        assert data.shape[0] == CPU.preprocessing.channels and data.min() == 0.0 and data.max() == 1.0
         assert set(np.unique(seg)) == {0, 1} and 1 in props["class_locations"]
         assert seg.mean() > 0.05  # mostly body: the crop hugs it
     data, _, _, props = dataset.load_case("tiny")

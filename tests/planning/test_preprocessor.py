@@ -118,6 +118,7 @@ def test_intensities_are_resampled_clipped_hu_then_clahe(planned):
     shape = compute_new_shape(cropped.shape[1:], spacing, cm.spacing)
     expected = np.clip((cm.resampling_fn_data(cropped, shape, spacing, cm.spacing) + 1000.0) / 1300.0, 0, 1)
 
+    plans = plans.with_overrides({"preprocessing": {"keep_window_channel": False}})  # the network input alone
     no_clahe = preprocess_case([_image(env)], plans.with_overrides({"preprocessing": {"use_clahe": False}}))
     np.testing.assert_allclose(no_clahe.data, expected, atol=1e-6)
     with_clahe = preprocess_case([_image(env)], plans)
@@ -128,6 +129,7 @@ def test_intensities_are_resampled_clipped_hu_then_clahe(planned):
 def test_kept_window_channel_is_the_input_before_clahe(planned):
     """preprocessing.keep_window_channel: channel 0 stays the CLAHE input, channel 1 is the window without CLAHE."""
     plans, env = planned
+    plans = plans.with_overrides({"preprocessing": {"keep_window_channel": False}})
     with_clahe = preprocess_case([_image(env)], plans)
     no_clahe = preprocess_case([_image(env)], plans.with_overrides({"preprocessing": {"use_clahe": False}}))
     kept = preprocess_case([_image(env)], plans.with_overrides({"preprocessing": {"keep_window_channel": True}}))
@@ -170,7 +172,7 @@ def test_training_cases_get_body_class_locations(planned):
     pre = ScreenerPreprocessor(config=plans.config.preprocessing)
     data, seg, props = pre.run_case([_image(env)], "ignored-label-path", plans.plans_manager,
                                     plans.configuration_manager, plans.dataset_json)
-    assert seg.dtype == np.int16 and seg.shape == data.shape and set(np.unique(seg)) == {0, BODY_LABEL}
+    assert seg.dtype == np.int16 and seg.shape == (1, *data.shape[1:]) and set(np.unique(seg)) == {0, BODY_LABEL}
     locations = np.asarray(props["class_locations"][BODY_LABEL])
     assert len(locations) > 0 and np.all(seg[tuple(locations.T)] == BODY_LABEL)
 

@@ -116,7 +116,7 @@ def test_every_variant_trains_and_its_folder_loads_for_prediction(frozen_stages,
     print(f"{condition}_{density}: training NLL per period {[round(v, 3) for v in losses]}, held-out NLL "
           f"{before:.3f} -> {after:.3f} nats/voxel (random frozen networks)")
     assert after < before  # training lowered the NLL of patches it never saw
-    score = model.anomaly_map(torch.rand(1, 1, 8, 16, 16), torch.tensor([[2, -3, 5]]))
+    score = model.anomaly_map(torch.rand(1, model.image_channels, 8, 16, 16), torch.tensor([[2, -3, 5]]))
     assert score.shape == (1, 1, 4, 5, 5) and torch.isfinite(score).all()
 
 
@@ -143,7 +143,9 @@ def test_chosen_variants_and_their_dimensions_are_used(plans):
                                                       "density.intensity_histogram_bins=8"])
     trainer.initialize()
     assert trainer.frozen_stage_folder("descriptor").name == f"descriptor__vicreg_d16__{plans.plans_name}"
-    assert trainer.network.density.dim == 16 + 8 and trainer.network.density.cond_dim == 16  # y: d + histogram
+    # y: d + an 8-bin histogram per stored channel (the cpu preset: the CLAHE image and the kept HU window)
+    histograms = 8 * plans.config.preprocessing.channels
+    assert trainer.network.density.dim == 16 + histograms and trainer.network.density.cond_dim == 16
     assert trainer.checkpoint_extras() == {"embedding_dims": {"descriptor": 16, "condition": 16},
                                            "masked_input": {"descriptor": False, "condition": False}}
 
@@ -151,7 +153,8 @@ def test_chosen_variants_and_their_dimensions_are_used(plans):
 def test_non_finite_loss_stops_training_without_saving(frozen_stages, monkeypatch):
     trainer = make_trainer(frozen_stages, "none", "gaussian")
     trainer.initialize()
-    batch = {"image": torch.full((2, 1, 8, 16, 16), float("nan")), "origin_zyx": torch.zeros(2, 3, dtype=torch.int64)}
+    batch = {"image": torch.full((2, trainer.network.image_channels, 8, 16, 16), float("nan")),
+             "origin_zyx": torch.zeros(2, 3, dtype=torch.int64)}
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         trainer.train_step(batch)
     assert not list(Path(trainer.output_folder).glob("checkpoint_*.pth"))

@@ -108,12 +108,12 @@ def test_loss_pieces_match_slow_references():
 def test_map_and_features_train_a_wider_student_and_same_seed_same_weights(teacher):
     folder = train_tiny_student(teacher, "map+features", iterations=2)
     checkpoint = load_distill_checkpoint(folder / FINAL_CHECKPOINT)
-    # map + 8 descriptor channels + the cpu preset's 8 histogram channels
-    assert checkpoint["out_channels"] == 17 and len(checkpoint["target_iqr"]) == 17
+    # map + 8 descriptor channels + the cpu preset's 2 x 8 histogram channels (the CLAHE image's, the window's)
+    assert checkpoint["out_channels"] == 25 and len(checkpoint["target_iqr"]) == 25
     assert folder.name == f"distill__mapfeat_none_gaussian_{teacher.plans_name}__{STUDENT_PLANS}"
     assert "loss/feature_mse" in checkpoint["logging"]
     seg = [v for k, v in checkpoint["network_weights"].items() if k.endswith("seg_layers.0.weight")]
-    assert seg and seg[0].shape[0] == 17
+    assert seg and seg[0].shape[0] == 25
     again = train_tiny_student(teacher, "map+features", iterations=2, overwrite=True)
     weights = load_checkpoint(again / FINAL_CHECKPOINT)["network_weights"]
     assert all(torch.equal(weights[k], v) for k, v in checkpoint["network_weights"].items())
