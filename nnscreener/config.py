@@ -349,9 +349,9 @@ def cpu_config() -> ScreenerConfig:
     """
     return ScreenerConfig(
         preset="cpu",
-        # the histogram reads the HU window, the networks the CLAHE image: measured 2026-12-07 (benchmarks/RESULTS.md,
-        # window_hist): pooled AUROC level on the demo's dataset, +0.05 on a second one (both seeds), the other
-        # pooled metrics up on both
+        # the HU window kept beside the networks' CLAHE image for the histogram (with intensity_from_all_channels
+        # below): measured 2026-12-07 (benchmarks/RESULTS.md, window_hist_both): pooled AUROC +0.011 on the demo's
+        # dataset, +0.075 on a second one, the other pooled metrics up on both (two seeds each)
         preprocessing=PreprocessingConfig(spacing_xyz=(3.0, 3.0, 4.5), keep_window_channel=True),
         network=NetworkConfig(
             patch_size_xyz=(48, 48, 32),
