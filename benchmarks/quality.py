@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 import common  # noqa: E402
 import quality_archive  # noqa: E402
 import quality_report  # noqa: E402
-from quality_configs import BASE_PRESET, CONFIGS  # noqa: E402
+from quality_configs import BASE_PRESET, CONFIGS, preset_fingerprint  # noqa: E402
 from nnscreener import paths, stages  # noqa: E402
 from nnscreener.checkpoints import FINAL_CHECKPOINT, LATEST_CHECKPOINT  # noqa: E402
 from nnscreener.config import get_preset  # noqa: E402
@@ -509,7 +509,7 @@ class Campaign:
                      "description": CONFIGS[row.setup.config].description, "plans": row.setup.plans,
                      "iterations": list(row.setup.iterations), "variant": row.variant, "method": row.method,
                      "steps": row.setup.iterations_of(row.stage), "same_as_default": self.same_as_default(row),
-                     "seeds": {}}
+                     "preset": preset_fingerprint(), "seeds": {}}
             for seed in self.args.seeds:
                 entry["seeds"][str(seed)] = self.attempt(lambda: self.run_row(row, seed), f"{row.label}, seed {seed}")
             table_rows.append(entry)

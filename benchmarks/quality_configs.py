@@ -2,12 +2,22 @@
 of :data:`CONFIGS`."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Tuple
 
 from nnscreener.config import get_preset
 
 BASE_PRESET = "cpu"
+
+
+def preset_fingerprint() -> str:
+    """A short hash of today's :data:`BASE_PRESET` settings. Every trained row of a campaign records the one it was
+    measured at, so the tables can tell rows of an older preset (whose ``default`` was another model, and whose
+    configurations differ from it in more than they set) from today's."""
+    settings = json.dumps(get_preset(BASE_PRESET).to_dict(), sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,12 @@ CONFIGS: Dict[str, ConfigSpec] = {  # adding a configuration is one entry here
                                    "cpu preset's since 2026-12-07",
                                    stage_args={"density": ("--set", "density.intensity_from_all_channels=true")},
                                    ssl_of="window_hist"),
+    "window_hist_both_pool221": ConfigSpec("window_hist_both (the cpu preset's since 2026-12-07) with the density on "
+                                           "2 x 2 x 1 pooled voxels (6 x 6 x 4.5 mm) instead of 3 x 3 x 2 (9 mm); "
+                                           "what pool_221 is on the default models, for work dirs planned before",
+                                           stage_args={"density": ("--set", "density.intensity_from_all_channels=true",
+                                                                   "--set", "density.pool_stride_xyz=2,2,1")},
+                                           ssl_of="window_hist"),
     "lr_3e-4": ConfigSpec("learning rate 3e-4 (preset 1e-3) for all stages",
                           train_args=("--set", "ssl.learning_rate=3e-4", "--set", "density.learning_rate=3e-4")),
     "ssl_lr_3e-3": ConfigSpec("SSL learning rate 3e-3 (preset 1e-3) for descriptor and condition; density as preset",

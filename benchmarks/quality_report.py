@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import common  # noqa: E402
 import quality_archive  # noqa: E402
+from quality_configs import BASE_PRESET, preset_fingerprint  # noqa: E402
 from nnscreener import stages  # noqa: E402
 from nnscreener.evaluation.local_contrast import RING_MM  # noqa: E402
 
@@ -35,6 +36,11 @@ TRAIN_STEPS = ("untrained", *stages.STAGE_NAMES)
 PROTOCOL_TEXT = {"all": "positives all lesion voxels, negatives a fixed number of sampled non-lesion body voxels per "
                         "scan (nnScreener_evaluate's default)",
                  "balanced": "per scan up to 1000 lesion and 1000 non-lesion body voxels (the authors' protocol)"}
+#: Marks a row measured at another cpu preset than today's (:func:`at_todays_preset`), explained under its table.
+OLDER_PRESET_MARK = "†"
+OLDER_PRESET_NOTE = (f"{OLDER_PRESET_MARK} measured at an earlier {BASE_PRESET} preset than today's (or before the "
+                     "campaign recorded the preset): its `default` settings, and those a configuration does not set "
+                     "itself, were other than today's; the interpretation sections below say which.")
 
 
 def mean_spread(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
@@ -107,6 +113,22 @@ class Figures:
 
 
 # ---------------------------------------------------------------------------------------------------- tables
+def at_todays_preset(row: Mapping[str, Any]) -> bool:
+    """Whether a row was measured at today's cpu preset (the fingerprint quality.py records with every trained
+    row); floors do not depend on it."""
+    return row["part"] == "floors" or row.get("preset") == preset_fingerprint()
+
+
+def marked(name: str, row: Mapping[str, Any]) -> str:
+    """A row's name in the tables, with :data:`OLDER_PRESET_MARK` when it was measured at an older preset."""
+    return name if at_todays_preset(row) else f"{name} {OLDER_PRESET_MARK}"
+
+
+def with_preset_note(lines: List[str], rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """A table's lines, followed by :data:`OLDER_PRESET_NOTE` when one of its rows is marked."""
+    return lines + ([] if all(map(at_todays_preset, rows)) else ["", OLDER_PRESET_NOTE])
+
+
 def stage_steps(iterations: Sequence[int]) -> str:
     """Optimizer steps of descriptor / condition / density, as the tables write them."""
     return " / ".join(map(str, iterations))
@@ -126,10 +148,11 @@ def table_methods(fig: Figures, protocol: str) -> str:
     for row in rows:
         train, predict = fig.train_and_predict(row)
         default = " (default)" if row.get("variant") == "masking_flow" and row["part"] == "grid" else ""
-        name = f"Screener: {row['label']}{default}" if row["part"] == "grid" else row["label"]
+        name = marked(f"Screener: {row['label']}{default}" if row["part"] == "grid" else row["label"], row)
         lines.append(f"| {name} | " + " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(train, 1)} | {cell(predict, 1)} |")
-    return "\n".join(lines + per_kind_table(fig, [(row["label"], row) for row in rows], protocol))
+    named = [(marked(row["label"], row), row) for row in rows]
+    return "\n".join(with_preset_note(lines + per_kind_table(fig, named, protocol), rows))
 
 
 def table_configs(fig: Figures, protocol: str) -> str:
@@ -145,9 +168,10 @@ def table_configs(fig: Figures, protocol: str) -> str:
         plan_text = "shared" if not row["plans"].endswith(f"_{row['config']}") else \
             common.fmt(None if plan is None else plan["cpu_s"] / 60, 1)
         # rows of several invocations may have other budgets
-        lines.append(f"| {row['label']} | {row['description']} | {stage_steps(row['iterations'])} | {plan_text} | " +
-                     " | ".join(metric_cells(fig, row, protocol)) + f" | {cell(train, 1)} | {cell(predict, 1)} |")
-    return "\n".join(lines)
+        lines.append(f"| {marked(row['label'], row)} | {row['description']} | {stage_steps(row['iterations'])} | "
+                     f"{plan_text} | " + " | ".join(metric_cells(fig, row, protocol)) +
+                     f" | {cell(train, 1)} | {cell(predict, 1)} |")
+    return "\n".join(with_preset_note(lines, rows))
 
 
 def budget(row: Mapping[str, Any], base_iterations: Optional[Sequence[int]]) -> str:
@@ -160,11 +184,13 @@ def budget(row: Mapping[str, Any], base_iterations: Optional[Sequence[int]]) -> 
 def default_model_rows(fig: Figures, protocol: str) -> List[Tuple[str, Dict[str, Any]]]:
     """The default model by budget, as ``(budget label, row)`` in budget order: the rows of part scaling, and at a
     budget where no scaling row has figures, a configuration row that quality.py found to have the default's
-    settings (``same_as_default``, e.g. ``intensity_hist8`` since the cpu preset adopted the histogram)."""
-    named = [(row["label"], row) for row in fig.rows("scaling")]
+    settings (``same_as_default``, e.g. ``intensity_hist8`` since the cpu preset adopted the histogram) at today's
+    preset (an older preset's default is another model)."""
+    named = [(marked(row["label"], row), row) for row in fig.rows("scaling")]
     measured = {tuple(row["iterations"]) for row in fig.rows("scaling") if fig.summaries(row, protocol)}
     for row in fig.rows("configs"):
-        if row.get("same_as_default") and fig.summaries(row, protocol) and tuple(row["iterations"]) not in measured:
+        if row.get("same_as_default") and at_todays_preset(row) and fig.summaries(row, protocol) and \
+                tuple(row["iterations"]) not in measured:
             measured.add(tuple(row["iterations"]))
             label = f"{budget(row, fig.campaign.get('base_iterations'))} (configuration {row['label']}, the same " \
                     "settings)"
@@ -186,7 +212,7 @@ def table_scaling(fig: Figures, protocol: str) -> str:
         lines.append(f"| {label} | {stage_steps(row['iterations'])} | " +
                      " | ".join(metric_cells(fig, row, protocol)) +
                      f" | {cell(nodule)} | {cell(floor)} | {cell(train, 1)} | {cell(predict, 1)} |")
-    return "\n".join(lines)
+    return "\n".join(with_preset_note(lines, [row for _, row in rows]))
 
 
 #: The per-kind tables: metric, its name and the table's title.
@@ -215,7 +241,7 @@ def table_baselines(fig: Figures, protocol: str) -> str:
     if not fig.rows("baselines"):
         return "_part `baselines` not run_"
     screener = [(f"Screener (masking + flow) {label}", r) for label, r in default_model_rows(fig, protocol)]
-    named = screener + [(r["label"], r) for r in fig.rows("baselines")] + [(r["label"], r) for r in fig.rows("floors")]
+    named = screener + [(marked(r["label"], r), r) for r in fig.rows("baselines") + fig.rows("floors")]
     lines = [f"| method | optimizer steps | n | {METRIC_COLUMNS} | train CPU min | predict CPU min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in named:
@@ -230,7 +256,8 @@ def table_baselines(fig: Figures, protocol: str) -> str:
                      f" | {cell(train, 1)} | {cell(predict, 1)} |")
     trained = [("Screener", r) for _, r in screener]
     trained += [(r["label"].rsplit(" ", 1)[0], r) for r in fig.rows("baselines")]  # "baseline_ae 4x" -> baseline_ae
-    return "\n".join(lines + per_kind_table(fig, named, protocol) + best_per_kind(fig, trained, protocol))
+    return "\n".join(with_preset_note(lines + per_kind_table(fig, named, protocol) +
+                                      best_per_kind(fig, trained, protocol), [row for _, row in named]))
 
 
 def best_per_kind(fig: Figures, methods: Sequence[Tuple[str, Mapping[str, Any]]], protocol: str) -> List[str]:
@@ -303,7 +330,7 @@ def dataset_description(c: Mapping[str, Any]) -> str:
         settings = (f"; plans `{plans_json.stem}`: spacing {pre.get('spacing_xyz')} mm (x, y, z), patch "
                     f"{net.get('patch_size_xyz')} voxels (x, y, z), UNet base width {net.get('base_num_features')} "
                     f"(max {net.get('max_num_features')}), d = {net.get('embedding_dim')}, "
-                    f"CLAHE {pre.get('use_clahe')}")
+                    f"CLAHE {pre.get('use_clahe')}, HU window kept beside it {pre.get('keep_window_channel', False)}")
     source = "the demo's" if c.get("reused_demo") else f"generated with the demo's generator, size " \
                                                         f"{c.get('size', 'cpu')}, seed {c.get('data_seed')}"
     return f"`{raw}` (built-in synthetic CT, {source}): {n_train} unlabeled training scans, {n_test} test scans " \

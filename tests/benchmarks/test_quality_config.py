@@ -68,3 +68,19 @@ def test_a_row_with_other_settings_fails_alone_and_is_reported(tmp_path):
         is None
     assert list(campaign.failed) == ["settings/1x, seed 0"] and "intensity_histogram_bins" in campaign.failed[
         "settings/1x, seed 0"]
+
+
+@pytest.mark.parametrize("name", sorted(quality.CONFIGS))
+def test_every_configuration_resolves_to_valid_settings_for_each_stage(tmp_path, name):
+    """A misspelt ``--set`` field or an invalid value in :data:`quality_configs.CONFIGS` fails here, not after an
+    hour of the campaign; a density-only configuration means its SSL models' settings."""
+    campaign = quality.Campaign.__new__(quality.Campaign)  # settings only
+    campaign.args = quality.build_parser().parse_args(["--work_dir", str(tmp_path)])
+    setup = campaign.setup(name, 1)
+    for stage in quality.paths.STAGES:
+        extra = ["--condition", "masking", "--density", "flow"] if stage == "density" else []
+        campaign.resolved_config(setup, stage, extra)
+    for stage, owner in campaign.stage_setups(setup).items():  # shared models: the same plans and settings
+        assert owner.plans == setup.plans, (name, stage, owner)
+        if stage != "density":
+            assert campaign.resolved_config(owner, stage) == campaign.resolved_config(setup, stage), (name, stage)

@@ -59,6 +59,7 @@ def test_tiny_campaign_with_two_seeds_runs_resumes_and_reports(tmp_path):
         assert config["seed"] == seed
     campaign = json.loads((work / "campaign.json").read_text())
     (row,) = campaign["rows"]
+    assert row["preset"] == quality.preset_fingerprint()  # the tables mark rows of another preset by it
     assert set(row["seeds"]) == {"0", "1"} and all((work / e["summaries"]["all"]).is_file()
                                                    for e in row["seeds"].values())
     assert not any(Path(e["summaries"]["all"]).is_absolute() for e in row["seeds"].values())
@@ -313,17 +314,21 @@ def test_a_configuration_sharing_models_is_meant_with_the_planning_overrides_of_
 def test_tables_show_the_default_model_by_budget_and_the_best_trained_method_per_kind(tmp_path):
     """A budget without a measured scaling row takes a configuration row with the default's settings; Table 4
     names the best trained method per kind and budget, starred when above the intensity floor."""
-    def row(part, label, iterations, nodule, same=False, method="screener"):
-        summary = tmp_path / f"{part}_{label}.json"
+    today = report.preset_fingerprint()
+
+    def row(part, label, iterations, nodule, same=False, method="screener", preset=today):
+        summary = tmp_path / f"{part}_{label}_{iterations[0]}_{preset}.json"
         summary.write_text(json.dumps({"dataset": {"auroc": nodule},
                                        "per_kind": {"solid_lung_nodule": {"auroc": nodule}}}))
         return {"part": part, "label": label, "setup": f"{label}_{iterations[0]}", "config": label, "plans": "p",
+                "description": label,
                 "iterations": iterations, "method": method, "steps": sum(iterations), "same_as_default": same,
-                "seeds": {"0": {"cost": {}, "summaries": {"all": str(summary)}}}}
+                "preset": preset, "seeds": {"0": {"cost": {}, "summaries": {"all": str(summary)}}}}
 
-    x1, x4 = [2, 2, 3], [8, 8, 12]
+    x1, x4, x16 = [2, 2, 3], [8, 8, 12], [32, 32, 48]
     rows = [row("scaling", "1x", x1, 0.60), row("configs", "hist", x1, 0.99, same=True),
             row("configs", "hist", x4, 0.64, same=True), row("configs", "other", x4, 0.99),
+            row("configs", "older", x16, 0.98, same=True, preset="an older one"),
             row("baselines", "baseline_ae 1x", x1, 0.75, method="baseline_ae"),
             row("baselines", "baseline_ae 4x", x4, 0.62, method="baseline_ae"),
             row("floors", "intensity floor", [0], 0.70)]
@@ -340,6 +345,23 @@ def test_tables_show_the_default_model_by_budget_and_the_best_trained_method_per
     assert "| Screener (masking + flow) 4x (configuration hist, the same settings) | 8 + 8 + 12 | 1 | 0.640 |" \
         in baselines and "| baseline_ae 4x | 28 | 1 | 0.620 |" in baselines
     assert "| 1x | baseline_ae 0.750 * |" in baselines and "| 4x | Screener 0.640 |" in baselines
+    # a row of an older preset: never today's default model at its budget, and marked where it is shown
+    assert "16x" not in report.table_scaling(figures, "all") and "16x" not in baselines
+    configs = report.table_configs(figures, "all")
+    assert f"| older {report.OLDER_PRESET_MARK} |" in configs and f"| hist {report.OLDER_PRESET_MARK}" not in configs
+    assert configs.endswith(report.OLDER_PRESET_NOTE) and report.OLDER_PRESET_NOTE not in baselines
+
+
+def test_the_preset_fingerprint_changes_with_any_setting_of_the_preset(monkeypatch):
+    import quality_configs
+    from nnscreener.config import merge, parse_set_overrides
+
+    today = quality_configs.preset_fingerprint()
+    assert today == report.preset_fingerprint() == quality.preset_fingerprint() and len(today) == 12
+    preset = quality_configs.get_preset(quality_configs.BASE_PRESET)
+    changed = merge(preset, parse_set_overrides(["density.flow_blocks=" + str(preset.density.flow_blocks + 1)]))
+    monkeypatch.setattr(quality_configs, "get_preset", lambda name: changed)
+    assert quality_configs.preset_fingerprint() != today
 
 
 def test_a_finished_stage_keeps_its_cost_only_while_its_folder_holds_the_model_it_was_measured_for(tmp_path):
