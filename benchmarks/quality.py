@@ -29,7 +29,8 @@ without the models also go to ``--figures`` (quality_archive.py; by default the 
 first: on a fresh machine its tables keep every earlier row, and a row run again is retrained there. A stage whose
 finished model (its ``config.json``) or whose plans differ from what its row means (today's cpu preset with the
 row's arguments) is refused with the differing fields (the row fails, the others run), so ``default`` never
-measures an older preset's models.
+measures an older preset's models; every trained row records the fingerprint of the preset it was measured at
+(``quality_configs.preset_fingerprint``), and the tables mark the rows of an older preset.
 
     python benchmarks/quality.py --work_dir bench_quality --reuse_demo nnscreener_demo
     python benchmarks/quality.py --work_dir /tmp/qtiny --n_train 3 --n_test 2 --base_iterations 2 --parts scaling \\
