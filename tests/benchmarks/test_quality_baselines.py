@@ -56,10 +56,11 @@ def _summary(path: Path, auroc: float, per_kind: dict) -> str:
 def test_baselines_table_sets_them_beside_the_default_model_per_lesion_kind(tmp_path):
     ledger = {"train/s": {"cpu_s": 600, "wall_s": 700}, "train/b": {"cpu_s": 120, "wall_s": 130},
               "predict/s": {"cpu_s": 60, "wall_s": 70}, "predict/b": {"cpu_s": 30, "wall_s": 40}}
-    rows = [{"part": "scaling", "label": "1x", "iterations": [1, 2, 3], "seeds": {"0": {
+    today = report.preset_fingerprint()  # rows of today's preset: not marked as an older one's
+    rows = [{"part": "scaling", "label": "1x", "iterations": [1, 2, 3], "preset": today, "seeds": {"0": {
                 "cost": {"descriptor": "train/s", "predict": "predict/s"},
                 "summaries": {"all": _summary(tmp_path / "s.json", 0.9, {"nodule": 0.8, "liver": 0.95})}}}},
-            {"part": "baselines", "label": "baseline_ae 1x", "steps": 6, "seeds": {"0": {
+            {"part": "baselines", "label": "baseline_ae 1x", "steps": 6, "preset": today, "seeds": {"0": {
                 "cost": {"baseline_ae": "train/b", "predict": "predict/b"},
                 "summaries": {"all": _summary(tmp_path / "b.json", 0.7, {"nodule": 0.6, "liver": 0.75})}}}}]
     (tmp_path / "campaign.json").write_text(json.dumps({"rows": rows, "protocols": ["all"]}))

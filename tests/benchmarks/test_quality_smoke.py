@@ -237,7 +237,7 @@ def test_configuration_rows_of_several_invocations_show_their_own_budgets_and_ev
         summary = tmp_path / f"{setup}.json"
         summary.write_text(json.dumps({"dataset": {"auroc": auroc}}))
         return {"part": "configs", "label": "hist", "setup": setup, "config": "hist", "description": "d",
-                "plans": "nnScreenerPlans_cpu", "iterations": iterations,
+                "plans": "nnScreenerPlans_cpu", "iterations": iterations, "preset": report.preset_fingerprint(),
                 "seeds": {"0": {"cost": {}, "summaries": {"all": str(summary)}}}}
 
     runs = [["--config_scale", "1"], ["--config_scale", "4"]]
