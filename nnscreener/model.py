@@ -36,6 +36,12 @@ from nnscreener.errors import ScreenerError
 DENSITY_STAGE = stages.DENSITY
 
 
+def intensity_channels_for(image_channels: int, all_channels: bool = False) -> Tuple[int, ...]:
+    """The stored channels the intensity features read: every one (``density.intensity_from_all_channels``), or the
+    last (the HU window where it is kept, else the network input)."""
+    return tuple(range(image_channels)) if all_channels else (image_channels - 1,)
+
+
 class ScreenerModel(nn.Module):
     """Descriptor + condition encoder + density model, applied to patches.
 
@@ -66,7 +72,7 @@ class ScreenerModel(nn.Module):
         if image_channels not in (1, 2):
             raise ValueError(f"image_channels must be 1 or 2, got {image_channels}")
         self.image_channels = int(image_channels)
-        self.intensity_channels = tuple(intensity_channels or (image_channels - 1,))
+        self.intensity_channels = tuple(intensity_channels or intensity_channels_for(image_channels))
         if not all(0 <= ch < image_channels for ch in self.intensity_channels):
             raise ValueError(f"intensity_channels {self.intensity_channels} outside the {image_channels} channels")
         self.descriptor = descriptor.eval().requires_grad_(False)
@@ -187,7 +193,7 @@ def build_screener_model(config: ScreenerConfig, descriptor: nn.Module,
         intensity = IntensityFeatures(density_cfg.intensity_sigmas_mm, config.preprocessing.spacing_zyx,
                                       density_cfg.intensity_scale, density_cfg.intensity_histogram_bins)
     channels = config.preprocessing.channels
-    intensity_channels = tuple(range(channels)) if density_cfg.intensity_from_all_channels else (channels - 1,)
+    intensity_channels = intensity_channels_for(channels, density_cfg.intensity_from_all_channels)
     dim = network_embedding_dim(descriptor, config) + \
         (len(intensity_channels) * intensity.out_channels if intensity is not None else 0)
     density = density_option(density_cfg.density).build(density_cfg, dim, condition.out_channels)
